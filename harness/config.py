@@ -1,0 +1,388 @@
+"""Typed run configs: dataclasses loaded from YAML with dotted `key=value` overrides.
+
+Sections whose class depends on a registry name (the method, the backbone, the critic, each
+benchmark, the judge) are declared with `poly("<kind>", default_name)`; the `name` key picks the
+registry entry, whose `Spec.config` is the dataclass and whose `Spec.defaults` make variants.
+
+Every mistake is reported before any work starts, naming the source (file or override),
+the dotted key, and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from harness import registry
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Field helpers
+
+
+def nohash(default: Any = MISSING, *, default_factory: Any = MISSING, help: str = "") -> Any:
+    """A field that does not change results (workers, log intervals, output paths): left out of the run id."""
+    kw: dict[str, Any] = {"metadata": {"hash": False, "help": help}}
+    if default_factory is not MISSING:
+        kw["default_factory"] = default_factory
+    else:
+        kw["default"] = default
+    return field(**kw)
+
+
+def poly(kind: str, default: str | None, **default_values: Any) -> Any:
+    """A section whose dataclass is chosen by its `name` among the `kind` registry's entries."""
+    reg = _registry(kind)
+
+    def make() -> Any:
+        if default is None:
+            return None
+        return build_section(reg, {"name": default, **default_values}, source="<defaults>", prefix=kind)
+
+    return field(default_factory=make, metadata={"registry": kind})
+
+
+def poly_list(kind: str, *defaults: str) -> Any:
+    reg = _registry(kind)
+
+    def make() -> list[Any]:
+        return [build_section(reg, {"name": d}, source="<defaults>", prefix=kind) for d in defaults]
+
+    return field(default_factory=make, metadata={"registry": kind})
+
+
+def _registry(kind: str) -> registry.Registry:
+    regs = {
+        "method": registry.METHODS,
+        "backbone": registry.BACKBONES,
+        "critic": registry.CRITICS,
+        "benchmark": registry.BENCHMARKS,
+        "judge": registry.JUDGES,
+    }
+    return regs[kind]
+
+
+# ---------------------------------------------------------------------------------------------
+# dict -> dataclass
+
+
+class Overrides(frozenset):
+    """The dotted keys set by overrides, and where the overrides came from (for error messages)."""
+
+    label = "command-line override"
+
+    def __new__(cls, keys=(), label: str | None = None):
+        obj = super().__new__(cls, keys)
+        if label:
+            obj.label = label
+        return obj
+
+
+def _where(source: str, key: str, override_keys: frozenset[str]) -> str:
+    if any(key == k or key.startswith((k + ".", k + "[")) for k in override_keys):
+        return f"{getattr(override_keys, 'label', 'command-line override')}: key '{key}'"
+    return f"{source}: key '{key}'"
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str, ov: frozenset[str]) -> Any:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, source, ov)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{_where(source, key, ov)}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{_where(source, key, ov)}: {value!r} is not allowed; allowed: {allowed}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{_where(source, key, ov)}: expected a list, got {value!r}")
+        (item,) = args or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]", source, ov) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_where(source, key, ov)}: expected a mapping, got {value!r}")
+        kt, vt = args or (str, Any)
+        return {_coerce(k, kt, key, source, ov): _coerce(v, vt, f"{key}.{k}", source, ov) for k, v in value.items()}
+    if is_dataclass(tp):
+        return _from_dict(tp, value, source, key, ov)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{_where(source, key, ov)}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{_where(source, key, ov)}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads '2e-6' as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{_where(source, key, ov)}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{_where(source, key, ov)}: expected a string, got {value!r}")
+    raise ConfigError(f"{_where(source, key, ov)}: unsupported field type {_type_name(tp)}")
+
+
+def _from_dict(cls: type, data: Any, source: str, prefix: str, ov: frozenset[str] = frozenset()) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_where(source, prefix or '<top>', ov)}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if f.init}
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        k = unknown[0]
+        dotted = f"{prefix}.{k}" if prefix else str(k)
+        allowed = ", ".join(sorted(known))
+        raise ConfigError(f"{_where(source, dotted, ov)}: unknown key; allowed keys here: {allowed}")
+    kwargs = {}
+    for name, f in known.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        kind = f.metadata.get("registry")
+        if name not in data:
+            continue
+        value = data[name]
+        if kind is not None:
+            reg = _registry(kind)
+            if isinstance(value, list):
+                kwargs[name] = [_section(reg, v, source, f"{dotted}[{i}]", ov) for i, v in enumerate(value)]
+            elif value is None:
+                kwargs[name] = None
+            else:
+                kwargs[name] = _section(reg, value, source, dotted, ov)
+        else:
+            kwargs[name] = _coerce(value, hints[name], dotted, source, ov)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{source}: section '{prefix or '<top>'}': {e}") from e
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except (ValueError, AssertionError) as e:
+            raise ConfigError(f"{source}: section '{prefix or '<top>'}': {e}") from e
+    return obj
+
+
+def _section(reg: registry.Registry, value: Any, source: str, prefix: str, ov: frozenset[str]) -> Any:
+    if isinstance(value, str):
+        value = {"name": value}
+    if is_dataclass(value):
+        return value
+    if not isinstance(value, dict) or "name" not in value:
+        raise ConfigError(
+            f"{_where(source, prefix, ov)}: expected a mapping with a 'name' "
+            f"(one of: {', '.join(reg.names())}), got {value!r}"
+        )
+    return build_section(reg, value, source, prefix, ov)
+
+
+def build_section(
+    reg: registry.Registry, value: dict, source: str, prefix: str, ov: frozenset[str] = frozenset()
+) -> Any:
+    name = value["name"]
+    try:
+        spec = reg.get(name)
+    except registry.RegistryError as e:
+        raise ConfigError(f"{_where(source, prefix + '.name', ov)}: {e}") from None
+    merged = {**spec.defaults, **value}
+    return _from_dict(spec.config, merged, source, prefix, ov)
+
+
+def from_dict(cls: type, data: dict, source: str = "<dict>", override_keys: frozenset[str] = frozenset()) -> Any:
+    return _from_dict(cls, data, source, "", override_keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# dataclass -> dict, hashing
+
+
+def to_dict(obj: Any, *, for_hash: bool = False) -> Any:
+    if is_dataclass(obj):
+        out = {}
+        for f in fields(obj):
+            if for_hash and f.metadata.get("hash") is False:
+                continue
+            out[f.name] = to_dict(getattr(obj, f.name), for_hash=for_hash)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v, for_hash=for_hash) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v, for_hash=for_hash) for k, v in obj.items()}
+    return obj
+
+
+def config_hash(cfg: Any, length: int = 8) -> str:
+    """Short, process-independent id of everything in the config that changes results."""
+    canon = json.dumps(to_dict(cfg, for_hash=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:length]
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists of sections become 'a[0].b'."""
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(d, list) and d and all(isinstance(v, dict) for v in d):
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = d
+    return out
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML + overrides
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"command-line override {text!r}: expected key=value, e.g. train.steps=200")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"command-line override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_dotted(d: dict, key: str, value: Any, source: str = "command-line override") -> None:
+    parts = key.split(".")
+    cur: Any = d
+    for i, p in enumerate(parts[:-1]):
+        nxt = cur.get(p) if isinstance(cur, dict) else None
+        if isinstance(nxt, str):  # shorthand section `backbone: sd3` -> {'name': 'sd3'}
+            nxt = {"name": nxt}
+            cur[p] = nxt
+        if nxt is None:
+            nxt = {}
+            cur[p] = nxt
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: key '{key}': '{'.'.join(parts[: i + 1])}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def resolve_dict(data: dict, overrides: list[str] | dict[str, Any] = (), label: str | None = None) -> tuple[dict, Overrides]:
+    """Apply dotted overrides to a raw config dict; returns the new dict and the overridden keys."""
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    keys = set()
+    for k, v in items:
+        set_dotted(data, k, v, label or "command-line override")
+        keys.add(k)
+    return data, Overrides(keys, label)
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | dict[str, Any] = (), data: dict | None = None,
+                    label: str | None = None, source: str | None = None) -> Any:
+    """Read a run config from YAML (or `data`), apply overrides, type-check everything."""
+    from harness.runconfig import RunConfig
+
+    source = source or (str(path) if path is not None else "<config>")
+    raw = read_yaml(path) if path is not None else (data or {})
+    plugins = raw.get("plugins") or []
+    raw, keys = resolve_dict(raw, overrides, label)
+    plugins = raw.get("plugins") or plugins
+    if plugins:
+        if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+            raise ConfigError(f"{source}: key 'plugins': expected a list of module names, got {plugins!r}")
+        registry.load_plugins(plugins)
+    return from_dict(RunConfig, raw, source, keys)
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every field: used by --help style listings."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None
+        )
+        rows.append((key, _type_name(hints[f.name]), to_dict(default), f.metadata.get("help", "")))
+    return rows
+
+
+__all__ = [
+    "ConfigError",
+    "build_section",
+    "config_hash",
+    "dataclass",
+    "dataclasses",
+    "describe",
+    "dump_yaml",
+    "field",
+    "flatten",
+    "from_dict",
+    "load_run_config",
+    "nohash",
+    "poly",
+    "poly_list",
+    "read_yaml",
+    "resolve_dict",
+    "to_dict",
+]

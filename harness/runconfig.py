@@ -1,0 +1,89 @@
+"""The run config: one typed description of a training run and its evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from harness.config import nohash, poly, poly_list
+
+
+@dataclass
+class ModelConfig:
+    # The pretrained text-to-image model: G_theta and A_phi start from it, and it is the frozen DMD teacher.
+    backbone: Any = poly("backbone", "toy_mmdit")
+    # The VLM critic (VLM loss of NP-Edit; reward of Flow-GRPO). null for methods that need none.
+    critic: Any = poly("critic", "toy_llava")
+
+
+@dataclass
+class DataConfig:
+    # Instruction dataset folder (instructions.jsonl + images), or 'toyworld' for the built-in world's.
+    path: str = "toyworld"
+    # Paired dataset folder (pairs.jsonl + images) for supervised baselines, or 'toyworld'.
+    paired_path: str = "toyworld"
+    # Seeded subset of the reference images (the paper's data-scale axis), in (0, 1].
+    fraction: float = 1.0
+    # Edit types to train on; empty = every type in the dataset.
+    edit_types: list[str] = field(default_factory=list)
+    # Probability of drawing each listed edit type; types not listed share the rest uniformly
+    # (paper, App. E: uniform, except removal at 25%).
+    type_probs: dict[str, float] = field(default_factory=lambda: {"remove": 0.25})
+    batch_size: int = 32
+    num_workers: int = nohash(0)
+
+    def validate(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"data.fraction must be in (0, 1], got {self.fraction}")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        total = sum(self.type_probs.values())
+        if any(p < 0 for p in self.type_probs.values()) or total > 1.0 + 1e-9:
+            raise ValueError(f"data.type_probs must be >= 0 and sum to at most 1, got {self.type_probs}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000
+    lr: float = 2e-6
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.9])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    ema_decay: float = 0.0  # 0 = no EMA
+    # Start from the final weights of another run (folder), e.g. 'SFT + NP-Edit'; '' = from the pretrained model.
+    init_from: str = ""
+    deterministic: bool = True
+    device: str = nohash("auto", help="auto | cpu | cuda")
+    ckpt_every: int = nohash(200, help="steps between checkpoints")
+    keep_checkpoints: int = nohash(2)
+    log_every: int = nohash(10)
+    sample_every: int = nohash(0, help="steps between sample-edit grids; 0 = only at the end")
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"train.steps must be >= 0, got {self.steps}")
+        if len(self.betas) != 2:
+            raise ValueError(f"train.betas must be two numbers, got {self.betas}")
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[Any] = poly_list("benchmark", "shapes_edit")
+    steps: int = 4  # sampler steps at inference
+    seed: int = 0
+    batch_size: int = nohash(32)
+
+
+@dataclass
+class RunConfig:
+    method: Any = poly("method", "np_edit")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    # Modules to import before the config is read: they register user methods, backbones, ...
+    plugins: list[str] = field(default_factory=list)
+    name: str = nohash("", help="a label for tables; does not change the run id")
+
+
+Precision = Literal["float32", "bfloat16", "float16"]

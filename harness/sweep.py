@@ -1,0 +1,351 @@
+"""Sweeps: a base config, a grid of overrides, a launcher and a report, in one YAML file.
+
+    python -m harness.sweep SWEEP.yaml --dry-run          # table of runs and their states; launches nothing
+    python -m harness.sweep SWEEP.yaml [--cluster slurm]   # launch the runs not done, as one job array; wait; report
+    python -m harness.sweep SWEEP.yaml --retry             # also relaunch failed runs
+
+Sweep file:
+
+    name: loss_ablation            # runs go to <runs-dir>/<name>/<run-id>/
+    base: ../configs/toy.yaml      # run config (path relative to this file) or an inline mapping
+    overrides: {train.steps: 300}  # applied to every run
+    grid:                          # cartesian product of these lists
+      method.name: [np_edit, dmd_only]
+    zip:                           # groups of lists that move together (same length), crossed with the grid
+      - {data.fraction: [0.01, 0.5, 1.0], train.steps: [100, 200, 300]}
+    runs:                          # explicit runs (override mappings), crossed with the grid and zips
+      - {method.name: sft}
+    launcher: {cluster: auto, partition: gpu, gpus_per_node: 1, cpus_per_task: 8, mem_gb: 64,
+               timeout_min: 240, array_parallelism: 8}
+    report: {...}                  # tables and plots (see reports/spec.py)
+
+Runs are named by a hash of their resolved config; running the same command again never redoes a
+done run, resumes interrupted ones from their checkpoints, and relaunches failed runs only with --retry.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import config as C
+from harness.launch import LauncherConfig, RunJob, job_alive, make_executor, resolve_cluster
+from harness.runstore import RunDir, atomic_write_json, atomic_write_text
+
+
+@dataclass
+class SweepConfig:
+    name: str = ""
+    base: Any = None  # path (relative to the sweep file) or inline mapping
+    overrides: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    zip: list[dict[str, list[Any]]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    report: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ValueError("'name' is required (the runs go to <runs-dir>/<name>/)")
+        if self.base is not None and not isinstance(self.base, (str, dict)):
+            raise ValueError(f"'base' must be a path or a mapping, got {self.base!r}")
+        for i, group in enumerate(self.zip):
+            lengths = {k: len(v) for k, v in group.items()}
+            if len(set(lengths.values())) > 1:
+                raise ValueError(f"zip[{i}]: lists must have the same length, got {lengths}")
+
+
+@dataclass
+class PlannedRun:
+    overrides: dict[str, Any]  # what distinguishes this run within the sweep
+    config: Any
+    run_id: str
+    dir: RunDir
+
+
+@dataclass
+class Sweep:
+    path: Path
+    cfg: SweepConfig
+    runs_dir: Path
+    cli_overrides: list[str] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return self.runs_dir / self.cfg.name
+
+
+def load_sweep(path: str | Path, runs_dir: str | Path = "runs", cli_overrides: list[str] = ()) -> Sweep:
+    path = Path(path)
+    raw = C.read_yaml(path)
+    cfg = C.from_dict(SweepConfig, raw, str(path))
+    if cfg.report:  # a typo in the report spec should fail now, not after every run has finished
+        from reports.spec import spec_from_dict
+
+        spec_from_dict(cfg.report, source=f"{path}, section 'report'")
+    return Sweep(path, cfg, Path(runs_dir), list(cli_overrides))
+
+
+def _base_dict(sweep: Sweep) -> tuple[dict, str]:
+    base = sweep.cfg.base
+    if base is None:
+        return {}, str(sweep.path)
+    if isinstance(base, dict):
+        return base, f"{sweep.path} (base)"
+    bpath = (sweep.path.parent / base).resolve()
+    if not bpath.exists():
+        raise C.ConfigError(f"{sweep.path}: key 'base': file not found: {bpath}")
+    return C.read_yaml(bpath), str(bpath)
+
+
+def combinations(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """grid x zip groups x runs, in a stable order."""
+    axes: list[list[dict[str, Any]]] = []
+    if cfg.grid:
+        keys = list(cfg.grid)
+        axes.append([dict(zip(keys, vals)) for vals in itertools.product(*(cfg.grid[k] for k in keys))])
+    for group in cfg.zip:
+        keys = list(group)
+        n = len(group[keys[0]]) if keys else 0
+        axes.append([{k: group[k][i] for k in keys} for i in range(n)])
+    if cfg.runs:
+        axes.append([dict(r) for r in cfg.runs])
+    out = []
+    for parts in itertools.product(*axes):
+        combo: dict[str, Any] = {}
+        for p in parts:
+            combo.update(p)
+        out.append(combo)
+    return out
+
+
+def expand(sweep: Sweep) -> list[PlannedRun]:
+    """Resolve every run of the sweep (pure: reads files, writes nothing). Duplicates are merged."""
+    base, source = _base_dict(sweep)
+    cli = dict(C.parse_override(o) for o in sweep.cli_overrides)
+    planned: list[PlannedRun] = []
+    seen: set[str] = set()
+    for combo in combinations(sweep.cfg):
+        overrides = {**sweep.cfg.overrides, **combo, **cli}
+        label = f"{sweep.path}: overrides {_fmt(combo)}" if combo else f"{sweep.path}: overrides"
+        cfg = C.load_run_config(None, overrides, data=base, label=label, source=source)
+        run_id = C.config_hash(cfg)
+        if run_id in seen:
+            continue
+        seen.add(run_id)
+        planned.append(PlannedRun(combo, cfg, run_id, RunDir(sweep.root / run_id)))
+    return planned
+
+
+def _fmt(overrides: dict[str, Any]) -> str:
+    return " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# states
+
+
+def run_state(rd: RunDir) -> str:
+    """todo | queued | running | done | failed (a queued/running run whose job is gone counts as todo)."""
+    st = rd.read_status()
+    state = st.get("state", "todo")
+    if state in ("queued", "running"):
+        job = _read_job(rd)
+        info = {**job, **({"pid": st.get("pid"), "host": st.get("host")} if state == "running" else {}), "state": state}
+        if not job_alive(info):
+            return "todo"
+    return state
+
+
+def _read_job(rd: RunDir) -> dict[str, Any]:
+    try:
+        return json.loads((rd.path / "job.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _progress_note(rd: RunDir, total_steps: int) -> str:
+    latest = rd.latest_checkpoint()
+    return f"step {latest[0]}/{total_steps}" if latest else ""
+
+
+def status_table(planned: list[PlannedRun], *, show_errors: bool = True) -> str:
+    rows = []
+    for pr in planned:
+        state = run_state(pr.dir)
+        note = ""
+        if state == "done":
+            note = _result_note(pr.dir)
+        elif state == "failed":
+            err = pr.dir.read_error().strip().splitlines()
+            note = err[-1][:100] if err else ""
+        elif state in ("todo", "running", "queued"):
+            note = _progress_note(pr.dir, pr.config.train.steps)
+            job = _read_job(pr.dir)
+            if state != "todo" and job.get("job_id"):
+                note = f"job {job['job_id']} {note}".strip()
+        rows.append((pr.run_id, state, _fmt(pr.overrides) or "(base)", note))
+    header = ("id", "state", "overrides", "note")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    counts = {s: sum(1 for r in rows if r[1] == s) for s in ("todo", "queued", "running", "done", "failed")}
+    lines.append("")
+    lines.append("  ".join(f"{k}: {v}" for k, v in counts.items()))
+    if show_errors:
+        for pr, r in zip(planned, rows):
+            if r[1] == "failed":
+                err = pr.dir.read_error().rstrip().splitlines()
+                lines.append(f"\n--- {pr.run_id} failed ({pr.dir.error_path}):")
+                lines += ["    " + e for e in err[-12:]]
+    return "\n".join(lines)
+
+
+def _result_note(rd: RunDir) -> str:
+    try:
+        res = rd.read_result()
+    except (OSError, json.JSONDecodeError):
+        return ""
+    parts = []
+    for r in res.get("results", [])[:2]:
+        m = r.get("metrics", {})
+        parts.append(f"{r['benchmark']}: " + " ".join(f"{k}={v:.2f}" for k, v in list(m.items())[:3]
+                                                     if isinstance(v, (int, float))))
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# launching
+
+
+def write_sweep_copy(sweep: Sweep) -> None:
+    sweep.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(sweep.root / "sweep.yaml", sweep.path.read_text())
+
+
+def prepare(pr: PlannedRun) -> None:
+    pr.dir.path.mkdir(parents=True, exist_ok=True)
+    text = C.dump_yaml(pr.config)
+    if not pr.dir.config_path.exists() or pr.dir.config_path.read_text() != text:
+        atomic_write_text(pr.dir.config_path, text)
+
+
+def launch(sweep: Sweep, planned: list[PlannedRun], *, cluster: str | None = None, retry: bool = False,
+           wait: bool = True, progress: bool | None = None, out=sys.stdout) -> list[PlannedRun]:
+    """Submit every run that is not done (failed ones only with retry) as one job array."""
+    states = {pr.run_id: run_state(pr.dir) for pr in planned}
+    todo = [pr for pr in planned if states[pr.run_id] == "todo" or (retry and states[pr.run_id] == "failed")]
+    busy = [pr for pr in planned if states[pr.run_id] in ("queued", "running")]
+    write_sweep_copy(sweep)
+    cluster = resolve_cluster(cluster or sweep.cfg.launcher.cluster)
+    print(f"{sweep.cfg.name}: {len(planned)} runs; {sum(s == 'done' for s in states.values())} done, "
+          f"{len(busy)} queued/running, launching {len(todo)} on {cluster}", file=out)
+    if todo:
+        for pr in todo:
+            prepare(pr)
+            if states[pr.run_id] == "failed":
+                pr.dir.error_path.unlink(missing_ok=True)
+            pr.dir.set_status("queued")
+        executor = make_executor(sweep.root / ".submitit", sweep.cfg.launcher, cluster=cluster, name=sweep.cfg.name)
+        jobs = executor.map_array(RunJob(), [str(pr.dir.path) for pr in todo])
+        for pr, job in zip(todo, jobs):
+            atomic_write_json(pr.dir.path / "job.json", {"cluster": cluster, "job_id": str(job.job_id),
+                                                         "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if cluster == "debug":  # debug jobs run in this process when their result is asked for
+            for job in jobs:
+                try:
+                    job.result()
+                except Exception:  # recorded in the run folder
+                    pass
+    if wait:
+        wait_for(todo + busy, progress=progress, out=out)
+    return todo
+
+
+def wait_for(planned: list[PlannedRun], *, poll_s: float = 2.0, progress: bool | None = None, out=sys.stdout) -> None:
+    """Poll run folders until every run is done, failed, or its job is gone."""
+    from tqdm import tqdm
+
+    if not planned:
+        return
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = tqdm(total=len(planned), disable=not progress, desc="runs", dynamic_ncols=True)
+    finished: set[str] = set()
+    while True:
+        for pr in planned:
+            if pr.run_id in finished:
+                continue
+            state = run_state(pr.dir)
+            if state in ("done", "failed", "todo"):
+                finished.add(pr.run_id)
+                bar.update(1)
+                if state != "done":
+                    print(f"  {pr.run_id}: {state}" + (f" (see {pr.dir.error_path})" if state == "failed" else
+                                                         " (job ended without finishing; run again to resume)"), file=out)
+        if len(finished) == len(planned):
+            break
+        time.sleep(poll_s)
+    bar.close()
+
+
+def build_report(sweep: Sweep, out=sys.stdout) -> list[Path]:
+    if not sweep.cfg.report:
+        return []
+    from reports.build import NoResultsError, build_report as _build
+
+    try:
+        paths = _build(sweep.root, spec=sweep.cfg.report)
+    except NoResultsError as e:
+        print(f"report: {e}", file=out)
+        return []
+    for p in paths:
+        print(f"  wrote {p}", file=out)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", help="sweep YAML")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run (they change run ids)")
+    p.add_argument("--dry-run", action="store_true", help="print the table of runs and their states; launch nothing")
+    p.add_argument("--cluster", choices=["auto", "slurm", "local", "debug"], default=None,
+                   help="where to run (default: the sweep's launcher.cluster; auto = slurm if available, else local)")
+    p.add_argument("--retry", action="store_true", help="relaunch failed runs too")
+    p.add_argument("--no-wait", action="store_true", help="submit and return; run the same command later to report")
+    p.add_argument("--runs-dir", default="runs", help="root of run folders (default: runs)")
+    p.add_argument("--report-only", action="store_true", help="build the report from the runs done so far")
+    args = p.parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep, args.runs_dir, args.overrides)
+        planned = expand(sweep)
+    except (C.ConfigError, KeyError, ValueError) as e:  # ValueError: report spec errors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"sweep {sweep.cfg.name}: {len(planned)} runs in {sweep.root}"
+              f" (cluster: {resolve_cluster(args.cluster or sweep.cfg.launcher.cluster)})")
+        print(status_table(planned))
+        return 0
+    if not args.report_only:
+        launch(sweep, planned, cluster=args.cluster, retry=args.retry, wait=not args.no_wait)
+        if args.no_wait:
+            print(f"submitted; run `python -m harness.sweep {args.sweep} --dry-run` to follow")
+            return 0
+    print(status_table(planned, show_errors=False))
+    build_report(sweep)
+    states = [run_state(pr.dir) for pr in planned]
+    return 0 if all(s == "done" for s in states) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
