@@ -28,6 +28,8 @@ class FitConfig:
     target: float = 1.0
     step_seconds: float = 0.0
     fail_at_step: int = -1
+    fail_if_file: str = ""  # fail at fail_at_step only while this file exists
+    nan_at_step: int = -1
 
 
 class FitEditor:
@@ -50,7 +52,7 @@ class FitMethod:
             f.write(f"{os.getpid()}\n")
 
     def train_step(self, step):
-        if step == self.mcfg.fail_at_step:
+        if step == self.mcfg.fail_at_step and (not self.mcfg.fail_if_file or os.path.exists(self.mcfg.fail_if_file)):
             raise RuntimeError(f"planned failure at step {step}")
         noise = self.mcfg.noise * torch.randn(self.mcfg.dim, generator=self.gen)
         loss = ((self.w - self.mcfg.target - noise) ** 2).sum()
@@ -59,7 +61,7 @@ class FitMethod:
         self.opt.step()
         if self.mcfg.step_seconds:
             time.sleep(self.mcfg.step_seconds)
-        return {"loss": loss.item()}
+        return {"loss": float("nan") if step == self.mcfg.nan_at_step else loss.item()}
 
     def state_dict(self):
         return {"w": self.w.detach().clone(), "opt": self.opt.state_dict(), "rng": self.gen.get_state()}
