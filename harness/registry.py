@@ -55,7 +55,16 @@ BENCHMARKS = Registry("benchmark")
 JUDGES = Registry("judge")
 
 # Modules whose import registers built-in entries. Each is imported once, on first lookup.
-BUILTIN_MODULES: list[str] = []
+BUILTIN_MODULES: list[str] = [
+    "benchmarks.shapes_edit",
+    "harness.models.sd3",
+    "harness.models.llava",
+    "benchmarks.judges.openai_api",
+    "benchmarks.judges.local_vlm",
+    "benchmarks.gedit",
+    "benchmarks.imgedit",
+    "benchmarks.dreambooth",
+]
 _loaded = False
 
 
