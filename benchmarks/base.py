@@ -54,8 +54,10 @@ class Benchmark(Protocol):
         batch_size: int = 8,
         shard: tuple[int, int] = (0, 1),
         progress: bool = True,
+        seed: int = 0,
     ) -> None:
-        """Edit every sample (of this shard) into out_dir in the public layout; skip outputs that exist."""
+        """Edit every sample (of this shard) into out_dir in the public layout; skip outputs that exist.
+        `seed` fixes the editor's noise, so a resumed or sharded generation equals a single one."""
         ...
 
     def score(self, out_dir: Path, *, model_name: str = "model") -> list[BenchmarkResult]:

@@ -214,7 +214,10 @@ class ShapesEdit:
         batch_size: int = 8,
         shard: tuple[int, int] = (0, 1),
         progress: bool = True,
+        seed: int | None = None,
     ) -> None:
+        """`seed` (default: the benchmark's own) fixes the editor's noise per batch."""
+        base_seed = self.cfg.seed if seed is None else seed
         index, count = shard
         if not 0 <= index < count:
             raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
@@ -231,7 +234,7 @@ class ShapesEdit:
             if all(p.exists() for p in paths):
                 continue
             outputs = editor.edit([s.image for _, s in batch], [s.instruction for _, s in batch],
-                                  seed=self.cfg.seed * 1_000_003 + batch[0][0])
+                                  seed=base_seed * 1_000_003 + batch[0][0])
             if len(outputs) != len(batch):
                 raise RuntimeError(f"editor returned {len(outputs)} images for a batch of {len(batch)}")
             for path, out in zip(paths, outputs):

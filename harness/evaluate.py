@@ -21,9 +21,11 @@ from harness.registry import BENCHMARKS, load_plugins
 from harness.runstore import RunDir
 
 
-def benchmark_dirname(bcfg: Any) -> str:
-    """Outputs of different benchmark settings (e.g. another subset) must not share a folder."""
-    return f"{bcfg.name}-{C.config_hash(bcfg, 6)}"
+def benchmark_dirname(bcfg: Any, bench: Any, eval_seed: int) -> str:
+    """Outputs of different generation settings must not share a folder; judge settings do not
+    change the images, so a new judge re-scores the same outputs."""
+    gen = bench.generation_config() if hasattr(bench, "generation_config") else C.to_dict(bcfg)
+    return f"{bcfg.name}-{C.config_hash({'gen': gen, 'seed': eval_seed}, 6)}"
 
 
 def evaluate_editor(editor: Any, cfg: Any, rd: RunDir, *, progress: bool = False, preemption: Any = None,
@@ -33,8 +35,9 @@ def evaluate_editor(editor: Any, cfg: Any, rd: RunDir, *, progress: bool = False
     with guard:  # outputs are written one by one and skipped when present: requeue at once is safe
         for bcfg in benchmarks if benchmarks is not None else cfg.eval.benchmarks:
             bench = BENCHMARKS.get(bcfg.name).build(bcfg)
-            out = rd.eval_dir / benchmark_dirname(bcfg)
-            bench.generate(editor, out, model_name="model", batch_size=cfg.eval.batch_size, progress=progress)
+            out = rd.eval_dir / benchmark_dirname(bcfg, bench, cfg.eval.seed)
+            bench.generate(editor, out, model_name="model", batch_size=cfg.eval.batch_size, progress=progress,
+                           seed=cfg.eval.seed)
             for r in bench.score(out, model_name="model"):
                 r.meta.setdefault("eval_steps", cfg.eval.steps)
                 r.meta.setdefault("date", time.strftime("%Y-%m-%d"))

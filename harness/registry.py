@@ -64,6 +64,7 @@ BUILTIN_MODULES: list[str] = [
     "benchmarks.gedit",
     "benchmarks.imgedit",
     "benchmarks.dreambooth",
+    "methods.np_edit",
 ]
 _loaded = False
 

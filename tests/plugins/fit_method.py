@@ -98,7 +98,7 @@ class FitEval:
     def samples(self):
         return [Sample("0", None, "", "fit")]
 
-    def generate(self, editor, out_dir, *, model_name="model", batch_size=8, shard=(0, 1), progress=True):
+    def generate(self, editor, out_dir, *, model_name="model", batch_size=8, shard=(0, 1), progress=True, seed=0):
         out = Path(out_dir) / model_name
         out.mkdir(parents=True, exist_ok=True)
         save_file({"w": editor.w.contiguous(), "t": torch.tensor([editor.target])}, str(out / "w.safetensors"))

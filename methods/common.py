@@ -1,0 +1,198 @@
+"""Pieces every generator-training method shares: building the models from the run config, the
+few-step editor, trainable-state checkpoints, EMA, gradient averaging, export and reload."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from harness import config as C
+from harness.data.sampling import to_pil, to_tensor
+from harness.models.base import TextEmbedding
+from harness.models.sampler import few_step_sample
+from harness.registry import BACKBONES, CRITICS
+
+
+def build_backbone(cfg: Any, device: torch.device) -> Any:
+    if cfg.model.backbone is None:
+        raise ValueError(f"method {cfg.method.name} needs model.backbone")
+    return BACKBONES.get(cfg.model.backbone.name).build(cfg.model.backbone, device)
+
+
+def build_critic(cfg: Any, device: torch.device) -> Any:
+    if cfg.model.critic is None:
+        raise ValueError(f"method {cfg.method.name} needs model.critic (a VLM)")
+    return CRITICS.get(cfg.model.critic.name).build(cfg.model.critic, device)
+
+
+def resolve_data_path(path: str, cfg: Any, *, paired: bool) -> Path:
+    """'toyworld' = the built-in world's dataset (built and cached on first use)."""
+    if path == "toyworld":
+        from harness.toyworld.assets import world_dataset
+
+        inst, pairs = world_dataset(cfg)
+        return pairs if paired else inst
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# trainable state
+
+
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(module.named_parameters())
+    missing = [k for k in state if k not in params]
+    if missing:
+        raise KeyError(f"checkpoint has weights this model lacks: {missing[:5]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
+
+
+class EMA:
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = trainable_state(module)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for k, p in module.named_parameters():
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach(), 1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.shadow = {k: v.clone() for k, v in state.items()}
+
+
+def average_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Data parallelism without wrappers: average gradients over ranks (the unroll calls G twice)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    version, _, gauss = random.getstate()
+    random.setstate((version, tuple(st["python"]), gauss))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the editor
+
+
+class FewStepEditor:
+    """Edits with a reference-conditioned denoiser and the few-step sampler (Editor protocol)."""
+
+    def __init__(self, backbone: Any, denoiser: nn.Module, steps: int = 4, shift: float | None = None):
+        self.backbone, self.denoiser, self.steps = backbone, denoiser, steps
+        self.shift = backbone.shift if shift is None else shift
+
+    @torch.no_grad()
+    def edit_tensor(self, images: torch.Tensor, instructions: list[str], *, seed: int = 0) -> torch.Tensor:
+        """(B, 3, S, S) in [-1, 1] -> edited (B, 3, S, S) in [-1, 1]."""
+        dev = self.backbone.device
+        ref = self.backbone.encode_image(images.to(dev))
+        text = self.backbone.encode_text(instructions)
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        noise = torch.randn(ref.shape, generator=g).to(dev)
+        was = self.denoiser.training
+        self.denoiser.eval()
+        try:
+            x0 = few_step_sample(self.denoiser, text, ref, noise, steps=self.steps, shift=self.shift, generator=g_like(g, dev))
+        finally:
+            self.denoiser.train(was)
+        return self.backbone.decode(x0).clamp(-1, 1)
+
+    def edit(self, images: list[Image.Image], instructions: list[str], *, seed: int = 0) -> list[Image.Image]:
+        size = self.backbone.image_size
+        x = torch.stack([to_tensor(im, size) for im in images])
+        return [to_pil(o) for o in self.edit_tensor(x, instructions, seed=seed)]
+
+
+def g_like(g: torch.Generator, device: torch.device) -> torch.Generator | None:
+    """The sampler's re-noising generator on `device`, seeded from g (CPU generators only work on CPU)."""
+    if torch.device(device).type == "cpu":
+        return g
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def export_editor(folder: str | Path, denoiser: nn.Module, weights: dict[str, torch.Tensor], backbone_cfg: Any,
+                  steps: int, method: str) -> None:
+    """model/denoiser.safetensors (trainable weights: all of them, or the LoRA adapter) + editor.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    from harness.runstore import atomic_path, atomic_write_json
+
+    with atomic_path(folder / "denoiser.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+    atomic_write_json(folder / "editor.json", {
+        "loader": "methods.common:load_editor",
+        "method": method,
+        "steps": steps,
+        "backbone": C.to_dict(backbone_cfg),
+    })
+
+
+def load_editor(folder: str | Path, device: str = "cpu") -> FewStepEditor:
+    folder = Path(folder)
+    meta = json.loads((folder / "editor.json").read_text())
+    bcfg = C.build_section(BACKBONES, meta["backbone"], str(folder / "editor.json"), "backbone")
+    backbone = BACKBONES.get(bcfg.name).build(bcfg, torch.device(device))
+    den = backbone.make_denoiser(trainable=True)
+    load_trainable_state(den, load_file(str(folder / "denoiser.safetensors")))
+    den.eval()
+    return FewStepEditor(backbone, den, steps=meta["steps"])
+
+
+def load_init(denoiser: nn.Module, run_or_model: str) -> None:
+    """Start from another run's exported generator (`train.init_from`: a run folder or its model/)."""
+    p = Path(run_or_model)
+    f = p / "model" / "denoiser.safetensors" if (p / "model").is_dir() else p / "denoiser.safetensors"
+    if not f.exists():
+        raise FileNotFoundError(f"train.init_from: {f} not found (is {p} a finished run?)")
+    load_trainable_state(denoiser, load_file(str(f)))
+
+
+def sample_grid(rows: list[list[torch.Tensor]], pad: int = 2) -> Image.Image:
+    """rows of (3, H, W) images in [-1, 1] -> one PIL grid."""
+    h, w = rows[0][0].shape[1:]
+    cols = max(len(r) for r in rows)
+    grid = Image.new("RGB", (cols * (w + pad) + pad, len(rows) * (h + pad) + pad), (255, 255, 255))
+    for i, r in enumerate(rows):
+        for j, x in enumerate(r):
+            grid.paste(to_pil(x), (pad + j * (w + pad), pad + i * (h + pad)))
+    return grid
+
+
+def encode_prompts(backbone: Any, prompts: list[str]) -> TextEmbedding:
+    with torch.no_grad():
+        return backbone.encode_text(prompts)

@@ -1,0 +1,303 @@
+"""NP-Edit (paper, Algorithm 1): a few-step editing model trained without paired data, from
+VLM feedback (Eq. 4) and distribution matching to the text-to-image teacher (Eq. 5).
+
+Variants are configurations of this one method: np_edit, dmd_only, vlm_only,
+np_edit_no_identity, np_edit_ce, np_edit_lpips.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from harness.data.sampling import InstructionData, step_generator
+from harness.models.sampler import renoise
+from harness.registry import METHODS, Spec
+from methods import common
+from methods.dmd import dmd_gradient, dmd_loss, flow_loss, guided_velocity
+from methods.questions import questions_for
+from methods.vlm_loss import vlm_loss
+
+
+@dataclass
+class NPEditConfig:
+    """Defaults are the paper's (App. E.1) unless noted."""
+
+    name: str = "np_edit"
+    lambda_vlm: float = 0.01
+    lambda_dmd: float = 0.5
+    lambda_lpips: float = 0.0  # App. C: LPIPS between input and edited image
+    lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
+    # LPIPS needs torchvision's pretrained backbone weights; True allows a random backbone (smoke tests only).
+    lpips_allow_random: bool = False
+    n_aux: int = 10  # auxiliary (fake score) updates per generator update
+    aux_lr: float = 0.0  # 0 = train.lr
+    warmup_steps: int = 250  # identity warmup (Alg. 1, lines 3-10)
+    # Text of the identity warmup: the reference caption c^y (paper), or also the 'do nothing'
+    # instructions so a text encoder that never saw instructions learns them ('mixed').
+    warmup_text: Literal["caption", "mixed"] = "caption"
+    single_step_steps: int = 4000  # main iterations with the single step t = 1 before the 2-step unroll
+    unroll_ts: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    # Teacher classifier-free guidance on c^x (not in the paper; method-notes: 3.5, 7.5 for some types).
+    guidance: float = 3.5
+    guidance_by_type: dict[str, float] = field(default_factory=dict)
+    dmd_t_min: float = 0.02
+    dmd_t_max: float = 0.98
+    vlm_loss: Literal["bce", "ce"] = "bce"
+    identity_question: bool = True
+    vlm_temperature: float = 1.0
+    noop_prob: float = 0.01  # the 'do nothing' task with an L2 loss to the input
+    noop_instructions: list[str] = field(default_factory=lambda: [
+        "do nothing", "keep the image unchanged", "leave the image as it is"])
+
+    def validate(self) -> None:
+        if self.lambda_vlm < 0 or self.lambda_dmd < 0 or self.lambda_lpips < 0:
+            raise ValueError("loss weights must be >= 0")
+        if self.lambda_vlm == 0 and self.lambda_dmd == 0 and self.lambda_lpips == 0:
+            raise ValueError("every loss weight is 0: nothing to train")
+        if not all(0 < t < 1 for t in self.unroll_ts):
+            raise ValueError(f"unroll_ts must lie in (0, 1), got {self.unroll_ts}")
+        if not 0 <= self.dmd_t_min < self.dmd_t_max <= 1:
+            raise ValueError(f"need 0 <= dmd_t_min < dmd_t_max <= 1, got {self.dmd_t_min}, {self.dmd_t_max}")
+        if not 0 <= self.noop_prob <= 1:
+            raise ValueError(f"noop_prob must be in [0, 1], got {self.noop_prob}")
+
+
+class NPEdit:
+    def __init__(self, cfg: Any, rd: Any, device: torch.device):
+        self.cfg, self.m, self.device = cfg, cfg.method, device
+        self.backbone = common.build_backbone(cfg, device)
+        self.critic = common.build_critic(cfg, device) if self.m.lambda_vlm > 0 else None
+        self.G = self.backbone.make_denoiser(trainable=True)
+        if cfg.train.init_from:
+            common.load_init(self.G, cfg.train.init_from)
+        self.use_dmd = self.m.lambda_dmd > 0
+        self.teacher = self.backbone.make_denoiser(trainable=False) if self.use_dmd else None
+        self.A = self.backbone.make_denoiser(trainable=True, lora=None) if self.use_dmd else None
+        self.data = InstructionData(
+            common.resolve_data_path(cfg.data.path, cfg, paired=False), image_size=self.backbone.image_size,
+            fraction=cfg.data.fraction, seed=cfg.seed, edit_types=cfg.data.edit_types, type_probs=cfg.data.type_probs)
+        betas = tuple(cfg.train.betas)
+        self.g_params = [p for p in self.G.parameters() if p.requires_grad]
+        self.opt_G = torch.optim.Adam(self.g_params, lr=cfg.train.lr, betas=betas, weight_decay=cfg.train.weight_decay)
+        if self.A is not None:
+            self.a_params = [p for p in self.A.parameters() if p.requires_grad]
+            self.opt_A = torch.optim.Adam(self.a_params, lr=self.m.aux_lr or cfg.train.lr, betas=betas,
+                                          weight_decay=cfg.train.weight_decay)
+        self.ema = common.EMA(self.G, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+        self.lpips = None
+        if self.m.lambda_lpips > 0:
+            from benchmarks.metrics.lpips import load_lpips
+
+            self.lpips = load_lpips(self.m.lpips_net, allow_random=self.m.lpips_allow_random).to(device)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.seed = cfg.seed * 1000 + rank  # each rank draws its own batches and noise
+        self.uncond = None
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _gen(self, step: int, stream: str) -> torch.Generator:
+        return step_generator(self.seed, step, stream)
+
+    def _randn(self, shape, g: torch.Generator) -> torch.Tensor:
+        return torch.randn(shape, generator=g).to(self.device)
+
+    def _batch(self, step: int, stream: str):
+        return self.data.sample(self.cfg.data.batch_size, self._gen(step, f"data/{stream}"))
+
+    def _unroll(self, y_lat, text, t2: float, g: torch.Generator):
+        """x0 = eps - G(eps, 1); if t2 < 1: x0 = x_t2 - t2 G(x_t2, t2) with x_t2 = (1-t2) x0 + t2 eps' (Eq. 3)."""
+        eps = self._randn(y_lat.shape, g)
+        b = y_lat.shape[0]
+        x0 = eps - self.G(eps, torch.ones(b, device=self.device), text, y_lat)
+        if t2 < 1.0:
+            t = torch.full((b,), t2, device=self.device)
+            x_t = renoise(x0, t2, self._randn(y_lat.shape, g))
+            x0 = x_t - t2 * self.G(x_t, t, text, y_lat)
+        return x0
+
+    def _phase_t(self, step: int, g: torch.Generator) -> float:
+        main_i = step - self.m.warmup_steps
+        if main_i < self.m.single_step_steps:
+            return 1.0
+        return float(self.m.unroll_ts[int(torch.randint(len(self.m.unroll_ts), (1,), generator=g))])
+
+    def _step_G(self, loss: torch.Tensor) -> float:
+        self.opt_G.zero_grad(set_to_none=True)
+        loss.backward()
+        common.average_gradients(self.g_params)
+        gn = torch.nn.utils.clip_grad_norm_(self.g_params, self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf"))
+        self.opt_G.step()
+        if self.ema is not None:
+            self.ema.update(self.G)
+        return float(gn)
+
+    # -- Method protocol ------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        if step < self.m.warmup_steps:
+            return self._warmup_step(step)
+        return self._main_step(step)
+
+    def _warmup_step(self, step: int) -> dict[str, float]:
+        """Reconstruct the reference: v_theta = G(x_t, t, y, c^y), L_id = ||v - v_theta||^2."""
+        batch = self._batch(step, "warmup")
+        g = self._gen(step, "noise/warmup")
+        texts = [r.caption_ref for r in batch.records]
+        if self.m.warmup_text == "mixed":
+            pick = torch.rand(len(texts), generator=g) < 0.5
+            texts = [self.m.noop_instructions[i % len(self.m.noop_instructions)] if p else c
+                     for i, (p, c) in enumerate(zip(pick.tolist(), texts))]
+        with torch.no_grad():
+            y = self.backbone.encode_image(batch.images)
+            text = self.backbone.encode_text(texts)
+        t = torch.rand(y.shape[0], generator=g).clamp_min(1e-3).to(self.device)  # t in (0, 1]
+        loss = flow_loss(self.G, y, t, self._randn(y.shape, g), text, ref=y)
+        gn = self._step_G(loss)
+        return {"loss_id": loss.item(), "grad_norm": gn}
+
+    def _main_step(self, step: int) -> dict[str, float]:
+        m = self.m
+        batch = self._batch(step, "main")
+        g = self._gen(step, "noise/main")
+        B = len(batch.records)
+        noop = (torch.rand(B, generator=g) < m.noop_prob).tolist()
+        instr = [m.noop_instructions[i % len(m.noop_instructions)] if n else r.instruction
+                 for i, (n, r) in enumerate(zip(noop, batch.records))]
+        y_img = batch.images.to(self.device)
+        with torch.no_grad():
+            y_lat = self.backbone.encode_image(y_img)
+            text_c = self.backbone.encode_text(instr)
+        t2 = self._phase_t(step, g)
+        x0 = self._unroll(y_lat, text_c, t2, g)
+
+        active = [i for i in range(B) if not noop[i]]
+        idle = [i for i in range(B) if noop[i]]
+        total = x0.sum() * 0.0
+        out: dict[str, float] = {"t2": t2}
+        if idle:
+            l2 = F.mse_loss(x0[idle].float(), y_lat[idle].float())
+            total = total + l2 * len(idle) / B
+            out["loss_noop"] = l2.item()
+        if active:
+            recs = [batch.records[i] for i in active]
+            need_image = m.lambda_vlm > 0 or m.lambda_lpips > 0
+            img = self.backbone.decode(x0[active]) if need_image else None
+            if m.lambda_vlm > 0:
+                qs = [questions_for(r.edit_type, r.instruction, r.object, identity=m.identity_question) for r in recs]
+                l_vlm, st = vlm_loss(self.critic, img, y_img[active], qs, mode=m.vlm_loss, temperature=m.vlm_temperature)
+                total = total + m.lambda_vlm * l_vlm * len(active) / B
+                out["loss_vlm"] = l_vlm.item()
+                out.update(st)
+            if self.use_dmd:
+                l_dmd, st = self._dmd(x0[active], [r.caption_edit for r in recs], [r.edit_type for r in recs], g)
+                total = total + m.lambda_dmd * l_dmd * len(active) / B
+                out["loss_dmd"] = l_dmd.item()
+                out.update(st)
+            if self.lpips is not None:
+                l_lp = self.lpips(img.clamp(-1, 1), y_img[active]).mean()
+                total = total + m.lambda_lpips * l_lp * len(active) / B
+                out["loss_lpips"] = l_lp.item()
+        out["loss"] = total.item()
+        out["grad_norm"] = self._step_G(total)
+        if self.use_dmd:
+            out["loss_aux"] = self._aux_updates(step, t2)
+        return out
+
+    def _dmd(self, x0: torch.Tensor, captions: list[str], types: list[str], g: torch.Generator):
+        m = self.m
+        b = x0.shape[0]
+        t = (m.dmd_t_min + (m.dmd_t_max - m.dmd_t_min) * torch.rand(b, generator=g)).to(self.device)
+        noise = self._randn(x0.shape, g)
+        with torch.no_grad():
+            text_x = self.backbone.encode_text(captions)
+            if self.uncond is None:
+                self.uncond = self.backbone.encode_text([""])
+            uncond = self.uncond[[0] * b]
+            guidance = torch.tensor([m.guidance_by_type.get(k, m.guidance) for k in types], device=self.device)
+            x_t = renoise(x0.detach(), t, noise)
+            v_real = guided_velocity(self.teacher, x_t, t, text_x, uncond, guidance)
+            v_fake = self.A(x_t, t, text_x, None)
+            grad = dmd_gradient(x0.detach(), x_t, t, v_real, v_fake)
+        return dmd_loss(x0, grad), {"dmd_grad_abs": float(grad.abs().mean())}
+
+    def _aux_updates(self, step: int, t2: float) -> float:
+        """A_phi learns the generator's current output distribution (Alg. 1, lines 24-30)."""
+        losses = []
+        for k in range(self.m.n_aux):
+            batch = self._batch(step, f"aux{k}")
+            g = self._gen(step, f"noise/aux{k}")
+            with torch.no_grad():
+                y_lat = self.backbone.encode_image(batch.images.to(self.device))
+                text_c = self.backbone.encode_text([r.instruction for r in batch.records])
+                text_x = self.backbone.encode_text([r.caption_edit for r in batch.records])
+                x0 = self._unroll(y_lat, text_c, t2, g)
+            t = torch.rand(x0.shape[0], generator=g).to(self.device)
+            loss = flow_loss(self.A, x0, t, self._randn(x0.shape, g), text_x)
+            self.opt_A.zero_grad(set_to_none=True)
+            loss.backward()
+            common.average_gradients(self.a_params)
+            if self.cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.a_params, self.cfg.train.grad_clip)
+            self.opt_A.step()
+            losses.append(loss.item())
+        return sum(losses) / max(1, len(losses))
+
+    def state_dict(self) -> dict[str, Any]:
+        st: dict[str, Any] = {"G": common.trainable_state(self.G), "opt_G": self.opt_G.state_dict(),
+                              "rng": common.rng_state()}
+        if self.A is not None:
+            st["A"] = common.trainable_state(self.A)
+            st["opt_A"] = self.opt_A.state_dict()
+        if self.ema is not None:
+            st["ema"] = self.ema.state_dict()
+        return st
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        common.load_trainable_state(self.G, st["G"])
+        self.opt_G.load_state_dict(st["opt_G"])
+        if self.A is not None:
+            common.load_trainable_state(self.A, st["A"])
+            self.opt_A.load_state_dict(st["opt_A"])
+        if self.ema is not None:
+            self.ema.load_state_dict(st["ema"])
+        common.set_rng_state(st["rng"])
+
+    def _final_weights(self) -> dict[str, torch.Tensor]:
+        return self.ema.state_dict() if self.ema is not None else common.trainable_state(self.G)
+
+    def editor(self) -> common.FewStepEditor:
+        den = self.G
+        if self.ema is not None:
+            den = self.backbone.make_denoiser(trainable=True)
+            common.load_trainable_state(den, self.ema.state_dict())
+        return common.FewStepEditor(self.backbone, den, steps=self.cfg.eval.steps)
+
+    def export(self, folder: str) -> None:
+        common.export_editor(folder, self.G, self._final_weights(), self.cfg.model.backbone, self.cfg.eval.steps,
+                             self.m.name)
+
+    def save_samples(self, path: Path, n_per_type: int = 1) -> None:
+        picks = []
+        for t in self.data.types:
+            picks += self.data.by_type[t][:n_per_type]
+        images = torch.stack([self.data.images(r.image) for r in picks])
+        out = self.editor().edit_tensor(images, [r.instruction for r in picks], seed=0)
+        common.sample_grid([[images[i].cpu(), out[i].cpu()] for i in range(len(picks))]).save(path)
+
+
+def build(cfg: Any, rd: Any, device: torch.device) -> NPEdit:
+    return NPEdit(cfg, rd, device)
+
+
+VARIANTS = {
+    "np_edit": {},
+    "dmd_only": {"lambda_vlm": 0.0},
+    "vlm_only": {"lambda_dmd": 0.0},
+    "np_edit_no_identity": {"identity_question": False},
+    "np_edit_ce": {"vlm_loss": "ce"},
+    "np_edit_lpips": {"lambda_lpips": 1.0},
+}
+for _name, _defaults in VARIANTS.items():
+    METHODS.register(_name, Spec(NPEditConfig, build, defaults=_defaults, help="NP-Edit (Algorithm 1)"))
