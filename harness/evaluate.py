@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,9 @@ def evaluate_editor(editor: Any, cfg: Any, rd: RunDir, *, progress: bool = False
             bench.generate(editor, out, model_name="model", batch_size=cfg.eval.batch_size, progress=progress,
                            seed=cfg.eval.seed)
             for r in bench.score(out, model_name="model"):
-                r.meta.setdefault("eval_steps", cfg.eval.steps)
+                sampling = getattr(editor, "sampling", None)
+                if sampling is not None:
+                    r.meta.setdefault("sampling", dataclasses.asdict(sampling))
                 r.meta.setdefault("date", time.strftime("%Y-%m-%d"))
                 results.append(r)
     return results

@@ -68,7 +68,10 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     benchmarks: list[Any] = poly_list("benchmark", "shapes_edit")
-    steps: int = 4  # sampler steps at inference
+    # Sampler of the trained editor: 'method' = the method's own (NP-Edit: 4-step; SFT: Euler with CFG).
+    sampler: Literal["method", "few_step", "euler"] = "method"
+    steps: int = 0  # 0 = the method's default
+    guidance: float = 0.0  # classifier-free guidance on the instruction (euler); 0 = the method's default
     seed: int = 0
     batch_size: int = nohash(32)
 

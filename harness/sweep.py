@@ -130,18 +130,63 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
     """Resolve every run of the sweep (pure: reads files, writes nothing). Duplicates are merged."""
     base, source = _base_dict(sweep)
     cli = dict(C.parse_override(o) for o in sweep.cli_overrides)
-    planned: list[PlannedRun] = []
-    seen: set[str] = set()
+    configs = []
     for combo in combinations(sweep.cfg):
         overrides = {**sweep.cfg.overrides, **combo, **cli}
         label = f"{sweep.path}: overrides {_fmt(combo)}" if combo else f"{sweep.path}: overrides"
-        cfg = C.load_run_config(None, overrides, data=base, label=label, source=source)
+        configs.append((combo, C.load_run_config(None, overrides, data=base, label=label, source=source)))
+    _resolve_references(sweep, configs)
+    planned: list[PlannedRun] = []
+    seen: set[str] = set()
+    for combo, cfg in configs:
         run_id = C.config_hash(cfg)
         if run_id in seen:
             continue
         seen.add(run_id)
         planned.append(PlannedRun(combo, cfg, run_id, RunDir(sweep.root / run_id)))
     return planned
+
+
+def _resolve_references(sweep: Sweep, configs: list[tuple[dict, Any]]) -> None:
+    """`train.init_from: '@<name>'` names another run of this sweep (by its `name`); it becomes
+    '@<run-id>' so the run id depends on the config of the run it starts from."""
+    by_name: dict[str, list[Any]] = {}
+    for _, cfg in configs:
+        if cfg.name:
+            by_name.setdefault(cfg.name, []).append(cfg)
+    pending = [cfg for _, cfg in configs if _ref(cfg)]
+    for _ in range(len(pending) + 1):
+        progressed = False
+        for cfg in list(pending):
+            target = by_name.get(_ref(cfg), [])
+            if len(target) != 1:
+                known = ", ".join(sorted(by_name)) or "(no run has a name)"
+                raise C.ConfigError(f"{sweep.path}: train.init_from '@{_ref(cfg)}' must name exactly one run of the "
+                                    f"sweep (found {len(target)}); run names: {known}")
+            if _ref(target[0]) and target[0] in pending:
+                continue  # resolve what it depends on first
+            cfg.train.init_from = "@" + C.config_hash(target[0])
+            pending.remove(cfg)
+            progressed = True
+        if not pending:
+            return
+        if not progressed:
+            raise C.ConfigError(f"{sweep.path}: train.init_from references form a cycle")
+
+
+def _ref(cfg: Any) -> str:
+    """The run name an unresolved '@name' reference points to ('' when none)."""
+    v = cfg.train.init_from
+    return v[1:] if v.startswith("@") and not _is_run_id(v[1:]) else ""
+
+
+def _is_run_id(s: str) -> bool:
+    return len(s) == 8 and all(c in "0123456789abcdef" for c in s)
+
+
+def dependencies(pr: PlannedRun) -> list[str]:
+    v = pr.config.train.init_from
+    return [v[1:]] if v.startswith("@") else []
 
 
 def _fmt(overrides: dict[str, Any]) -> str:
@@ -248,6 +293,37 @@ def launch(sweep: Sweep, planned: list[PlannedRun], *, cluster: str | None = Non
     cluster = resolve_cluster(cluster or sweep.cfg.launcher.cluster)
     print(f"{sweep.cfg.name}: {len(planned)} runs; {sum(s == 'done' for s in states.values())} done, "
           f"{len(busy)} queued/running, launching {len(todo)} on {cluster}", file=out)
+    launched: list[PlannedRun] = []
+    by_id = {pr.run_id: pr for pr in planned}
+    waiting = list(todo)
+    while waiting:  # waves: a run starts once the runs it starts from (train.init_from: '@...') are done
+        ready = [pr for pr in waiting if all(run_state(by_id[d].dir) == "done" for d in dependencies(pr) if d in by_id)]
+        blocked = [pr for pr in waiting if any(run_state(by_id[d].dir) == "failed" for d in dependencies(pr) if d in by_id)]
+        for pr in blocked:
+            print(f"  {pr.run_id}: not launched: the run it starts from failed", file=out)
+        waiting = [pr for pr in waiting if pr not in ready and pr not in blocked]
+        if not ready:
+            in_progress = [by_id[d] for pr in waiting for d in dependencies(pr) if d in by_id
+                           and run_state(by_id[d].dir) in ("queued", "running")]
+            if waiting and wait and in_progress:
+                wait_for(in_progress, progress=progress, out=out)
+                continue
+            if waiting:
+                print(f"  {len(waiting)} runs wait for runs still in progress: run the same command again later", file=out)
+            break
+        _submit(sweep, ready, states, cluster)
+        launched += ready
+        if waiting and not wait:
+            print(f"  {len(waiting)} runs wait for these: run the same command again once they are done", file=out)
+            break
+        if waiting:
+            wait_for(ready + busy, progress=progress, out=out)
+    if wait:
+        wait_for(launched + busy, progress=progress, out=out)
+    return launched
+
+
+def _submit(sweep: Sweep, todo: list[PlannedRun], states: dict[str, str], cluster: str) -> None:
     if todo:
         for pr in todo:
             prepare(pr)
@@ -265,9 +341,6 @@ def launch(sweep: Sweep, planned: list[PlannedRun], *, cluster: str | None = Non
                     job.result()
                 except Exception:  # recorded in the run folder
                     pass
-    if wait:
-        wait_for(todo + busy, progress=progress, out=out)
-    return todo
 
 
 def wait_for(planned: list[PlannedRun], *, poll_s: float = 2.0, progress: bool | None = None, out=sys.stdout) -> None:

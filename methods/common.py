@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -16,7 +17,7 @@ from torch import nn
 from harness import config as C
 from harness.data.sampling import to_pil, to_tensor
 from harness.models.base import TextEmbedding
-from harness.models.sampler import few_step_sample
+from harness.models.sampler import euler_sample, few_step_sample
 from harness.registry import BACKBONES, CRITICS
 
 
@@ -108,11 +109,29 @@ def set_rng_state(st: dict[str, Any]) -> None:
 # the editor
 
 
-class FewStepEditor:
-    """Edits with a reference-conditioned denoiser and the few-step sampler (Editor protocol)."""
+@dataclass(frozen=True)
+class Sampling:
+    sampler: str = "few_step"  # few_step | euler
+    steps: int = 4
+    guidance: float = 1.0  # classifier-free guidance on the instruction (euler only)
 
-    def __init__(self, backbone: Any, denoiser: nn.Module, steps: int = 4, shift: float | None = None):
-        self.backbone, self.denoiser, self.steps = backbone, denoiser, steps
+
+def eval_sampling(cfg: Any, default: Sampling) -> Sampling:
+    """The sampler used for evaluation and export: the method's default unless eval.* overrides it."""
+    e = cfg.eval
+    return Sampling(
+        sampler=default.sampler if e.sampler == "method" else e.sampler,
+        steps=e.steps or default.steps,
+        guidance=e.guidance or default.guidance,
+    )
+
+
+class SamplingEditor:
+    """Edits with a reference-conditioned denoiser: the paper's few-step sampler, or a multi-step
+    Euler ODE with classifier-free guidance (Editor protocol)."""
+
+    def __init__(self, backbone: Any, denoiser: nn.Module, sampling: Sampling = Sampling(), shift: float | None = None):
+        self.backbone, self.denoiser, self.sampling = backbone, denoiser, sampling
         self.shift = backbone.shift if shift is None else shift
 
     @torch.no_grad()
@@ -123,10 +142,18 @@ class FewStepEditor:
         text = self.backbone.encode_text(instructions)
         g = torch.Generator(device="cpu").manual_seed(seed)
         noise = torch.randn(ref.shape, generator=g).to(dev)
+        s = self.sampling
         was = self.denoiser.training
         self.denoiser.eval()
         try:
-            x0 = few_step_sample(self.denoiser, text, ref, noise, steps=self.steps, shift=self.shift, generator=g_like(g, dev))
+            if s.sampler == "few_step":
+                x0 = few_step_sample(self.denoiser, text, ref, noise, steps=s.steps, shift=self.shift, generator=g_like(g, dev))
+            elif s.sampler == "euler":
+                uncond = self.backbone.encode_text([""]) if s.guidance != 1.0 else None
+                x0 = euler_sample(self.denoiser, text, ref, noise, steps=s.steps, guidance=s.guidance,
+                                  uncond_text=uncond, shift=self.shift)
+            else:
+                raise ValueError(f"unknown sampler {s.sampler!r} (few_step | euler)")
         finally:
             self.denoiser.train(was)
         return self.backbone.decode(x0).clamp(-1, 1)
@@ -145,8 +172,8 @@ def g_like(g: torch.Generator, device: torch.device) -> torch.Generator | None:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def export_editor(folder: str | Path, denoiser: nn.Module, weights: dict[str, torch.Tensor], backbone_cfg: Any,
-                  steps: int, method: str) -> None:
+def export_editor(folder: str | Path, weights: dict[str, torch.Tensor], backbone_cfg: Any, sampling: Sampling,
+                  method: str) -> None:
     """model/denoiser.safetensors (trainable weights: all of them, or the LoRA adapter) + editor.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,12 +184,12 @@ def export_editor(folder: str | Path, denoiser: nn.Module, weights: dict[str, to
     atomic_write_json(folder / "editor.json", {
         "loader": "methods.common:load_editor",
         "method": method,
-        "steps": steps,
+        "sampling": asdict(sampling),
         "backbone": C.to_dict(backbone_cfg),
     })
 
 
-def load_editor(folder: str | Path, device: str = "cpu") -> FewStepEditor:
+def load_editor(folder: str | Path, device: str = "cpu") -> SamplingEditor:
     folder = Path(folder)
     meta = json.loads((folder / "editor.json").read_text())
     bcfg = C.build_section(BACKBONES, meta["backbone"], str(folder / "editor.json"), "backbone")
@@ -170,12 +197,19 @@ def load_editor(folder: str | Path, device: str = "cpu") -> FewStepEditor:
     den = backbone.make_denoiser(trainable=True)
     load_trainable_state(den, load_file(str(folder / "denoiser.safetensors")))
     den.eval()
-    return FewStepEditor(backbone, den, steps=meta["steps"])
+    return SamplingEditor(backbone, den, Sampling(**meta["sampling"]))
 
 
-def load_init(denoiser: nn.Module, run_or_model: str) -> None:
-    """Start from another run's exported generator (`train.init_from`: a run folder or its model/)."""
-    p = Path(run_or_model)
+def resolve_init_from(init_from: str, run_dir: Path) -> Path:
+    """`train.init_from`: a run folder (or its model/), or '@<run-id>' for a run of the same sweep."""
+    if init_from.startswith("@"):
+        return Path(run_dir).parent / init_from[1:]
+    return Path(init_from)
+
+
+def load_init(denoiser: nn.Module, init_from: str, run_dir: Path) -> None:
+    """Start from another run's exported generator."""
+    p = resolve_init_from(init_from, run_dir)
     f = p / "model" / "denoiser.safetensors" if (p / "model").is_dir() else p / "denoiser.safetensors"
     if not f.exists():
         raise FileNotFoundError(f"train.init_from: {f} not found (is {p} a finished run?)")

@@ -22,6 +22,9 @@ from methods.questions import questions_for
 from methods.vlm_loss import vlm_loss
 
 
+SAMPLING = common.Sampling("few_step", 4, 1.0)  # the paper's 4-step editor
+
+
 @dataclass
 class NPEditConfig:
     """Defaults are the paper's (App. E.1) unless noted."""
@@ -73,7 +76,7 @@ class NPEdit:
         self.critic = common.build_critic(cfg, device) if self.m.lambda_vlm > 0 else None
         self.G = self.backbone.make_denoiser(trainable=True)
         if cfg.train.init_from:
-            common.load_init(self.G, cfg.train.init_from)
+            common.load_init(self.G, cfg.train.init_from, rd.path)
         self.use_dmd = self.m.lambda_dmd > 0
         self.teacher = self.backbone.make_denoiser(trainable=False) if self.use_dmd else None
         self.A = self.backbone.make_denoiser(trainable=True, lora=None) if self.use_dmd else None
@@ -267,16 +270,16 @@ class NPEdit:
     def _final_weights(self) -> dict[str, torch.Tensor]:
         return self.ema.state_dict() if self.ema is not None else common.trainable_state(self.G)
 
-    def editor(self) -> common.FewStepEditor:
+    def editor(self) -> common.SamplingEditor:
         den = self.G
         if self.ema is not None:
             den = self.backbone.make_denoiser(trainable=True)
             common.load_trainable_state(den, self.ema.state_dict())
-        return common.FewStepEditor(self.backbone, den, steps=self.cfg.eval.steps)
+        return common.SamplingEditor(self.backbone, den, common.eval_sampling(self.cfg, SAMPLING))
 
     def export(self, folder: str) -> None:
-        common.export_editor(folder, self.G, self._final_weights(), self.cfg.model.backbone, self.cfg.eval.steps,
-                             self.m.name)
+        common.export_editor(folder, self._final_weights(), self.cfg.model.backbone,
+                             common.eval_sampling(self.cfg, SAMPLING), self.m.name)
 
     def save_samples(self, path: Path, n_per_type: int = 1) -> None:
         picks = []

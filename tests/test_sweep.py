@@ -75,6 +75,33 @@ def test_sweep_errors_name_file_and_key(tmp_path):
         S.load_sweep(bad_key)
 
 
+def test_runs_can_start_from_other_runs_of_the_sweep(tmp_path):
+    path = fit_sweep(tmp_path, grid={})
+    raw = yaml.safe_load(path.read_text())
+    raw["runs"] = [{"name": "first"}, {"name": "second", "train.init_from": "@first", "method.lr": 0.01},
+                   {"name": "third", "train.init_from": "@second"}]
+    write_yaml(path, raw)
+    sw = S.load_sweep(path, tmp_path / "runs")
+    planned = S.expand(sw)
+    first, second, third = planned
+    assert second.config.train.init_from == "@" + first.run_id
+    assert third.config.train.init_from == "@" + second.run_id
+    S.launch(sw, planned, cluster="debug", out=io.StringIO(), progress=False)
+    assert all(S.run_state(p.dir) == "done" for p in planned)
+    from safetensors.torch import load_file
+    exported = load_file(str(first.dir.model_dir / "w.safetensors"))["w"].tolist()
+    assert json.loads((second.dir.path / "init_w.json").read_text()) == exported
+    # the dependent's id follows the config of the run it starts from
+    raw["runs"][0]["method.dim"] = 4
+    write_yaml(path, raw)
+    again = S.expand(S.load_sweep(path, tmp_path / "runs"))
+    assert again[1].run_id != second.run_id
+    raw["runs"][1]["train.init_from"] = "@nobody"
+    write_yaml(path, raw)
+    with pytest.raises(C.ConfigError, match="'@nobody' must name exactly one run"):
+        S.expand(S.load_sweep(path, tmp_path / "runs"))
+
+
 def test_dry_run_launches_nothing(tmp_path, capsys):
     path = fit_sweep(tmp_path)
     assert S.main([str(path), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 0

@@ -44,7 +44,13 @@ class FitMethod:
     def __init__(self, cfg, rd, device):
         self.mcfg = cfg.method
         g = torch.Generator().manual_seed(cfg.seed)
-        self.w = torch.randn(self.mcfg.dim, generator=g).requires_grad_(True)
+        self.w = torch.randn(self.mcfg.dim, generator=g)
+        if cfg.train.init_from:  # '@<run-id>' of the same sweep, or a run folder
+            from methods.common import resolve_init_from
+
+            self.w = load_file(str(resolve_init_from(cfg.train.init_from, rd.path) / "model" / "w.safetensors"))["w"]
+            (rd.path / "init_w.json").write_text(json.dumps(self.w.tolist()))
+        self.w.requires_grad_(True)
         self.opt = torch.optim.Adam([self.w], lr=self.mcfg.lr, betas=tuple(cfg.train.betas))
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.rd = rd
