@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from harness.data.sampling import InstructionData, step_generator
 from harness.models.sampler import renoise
+from harness.profiling import Sections
 from harness.registry import METHODS, Spec
 from methods import common
 from methods.dmd import dmd_gradient, dmd_loss, flow_loss, guided_velocity
@@ -99,6 +100,7 @@ class NPEdit:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         self.seed = cfg.seed * 1000 + rank  # each rank draws its own batches and noise
         self.uncond = None
+        self.prof = Sections()
 
     # -- helpers --------------------------------------------------------------------------------
     def _gen(self, step: int, stream: str) -> torch.Generator:
@@ -173,7 +175,8 @@ class NPEdit:
             y_lat = self.backbone.encode_image(y_img)
             text_c = self.backbone.encode_text(instr)
         t2 = self._phase_t(step, g)
-        x0 = self._unroll(y_lat, text_c, t2, g)
+        with self.prof("unroll"):
+            x0 = self._unroll(y_lat, text_c, t2, g)
 
         active = [i for i in range(B) if not noop[i]]
         idle = [i for i in range(B) if noop[i]]
@@ -186,26 +189,33 @@ class NPEdit:
         if active:
             recs = [batch.records[i] for i in active]
             need_image = m.lambda_vlm > 0 or m.lambda_lpips > 0
-            img = self.backbone.decode(x0[active]) if need_image else None
+            with self.prof("decode"):
+                img = self.backbone.decode(x0[active]) if need_image else None
             if m.lambda_vlm > 0:
                 qs = [questions_for(r.edit_type, r.instruction, r.object, identity=m.identity_question) for r in recs]
-                l_vlm, st = vlm_loss(self.critic, img, y_img[active], qs, mode=m.vlm_loss, temperature=m.vlm_temperature)
+                with self.prof("vlm_loss"):
+                    l_vlm, st = vlm_loss(self.critic, img, y_img[active], qs, mode=m.vlm_loss,
+                                         temperature=m.vlm_temperature)
                 total = total + m.lambda_vlm * l_vlm * len(active) / B
                 out["loss_vlm"] = l_vlm.item()
                 out.update(st)
             if self.use_dmd:
-                l_dmd, st = self._dmd(x0[active], [r.caption_edit for r in recs], [r.edit_type for r in recs], g)
+                with self.prof("dmd"):
+                    l_dmd, st = self._dmd(x0[active], [r.caption_edit for r in recs], [r.edit_type for r in recs], g)
                 total = total + m.lambda_dmd * l_dmd * len(active) / B
                 out["loss_dmd"] = l_dmd.item()
                 out.update(st)
             if self.lpips is not None:
-                l_lp = self.lpips(img.clamp(-1, 1), y_img[active]).mean()
+                with self.prof("lpips"):
+                    l_lp = self.lpips(img.clamp(-1, 1), y_img[active]).mean()
                 total = total + m.lambda_lpips * l_lp * len(active) / B
                 out["loss_lpips"] = l_lp.item()
         out["loss"] = total.item()
-        out["grad_norm"] = self._step_G(total)
+        with self.prof("backward_and_step"):
+            out["grad_norm"] = self._step_G(total)
         if self.use_dmd:
-            out["loss_aux"] = self._aux_updates(step, t2)
+            with self.prof("aux_updates"):
+                out["loss_aux"] = self._aux_updates(step, t2)
         return out
 
     def _dmd(self, x0: torch.Tensor, captions: list[str], types: list[str], g: torch.Generator):
