@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.base import BenchmarkResult

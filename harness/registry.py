@@ -65,6 +65,13 @@ BUILTIN_MODULES: list[str] = [
     "benchmarks.imgedit",
     "benchmarks.dreambooth",
     "methods.np_edit",
+    "harness.models.flux",
+    "harness.models.llava_onevision",
+    "harness.models.internvl",
+    "harness.models.qwen_vl",
+    "methods.sft",
+    "methods.flow_grpo",
+    "harness.toyworld.assets",
 ]
 _loaded = False
 

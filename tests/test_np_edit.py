@@ -1,5 +1,4 @@
 """NP-Edit on tiny models of the real classes: each loss term, the unroll, resume, variants, edit command."""
-from pathlib import Path
 
 import numpy as np
 import pytest

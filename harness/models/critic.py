@@ -8,9 +8,10 @@ Adding a VLM family (LLaVA-OneVision, InternVL, Qwen2.5-VL) means writing a new 
 
 Prompts are built with the model's own processor and chat template: one user turn with the images
 first (reference, then edited) and the question text after, plus the generation prompt. Token ids
-come from the real processor run on blank images of the model's input size, so the number of image
-tokens is the one the model expects; the image-token embeddings are then replaced by the features
-of the actual images. Sequences are right-padded and the logits read at each one's last real token.
+come from the real processor run on blank images of the actual images' sizes, so the number of
+image tokens is the one the model expects (also where it depends on the size); the image-token
+embeddings are then replaced by the features of the actual images. Sequences are right-padded and
+the logits read at each one's last real token.
 """
 from __future__ import annotations
 
@@ -157,7 +158,16 @@ def answer_token_ids(tokenizer: Any, word: str) -> list[int]:
 
 
 class VLMLayout(Protocol):
-    """The model-specific part of a critic."""
+    """The model-specific part of a critic.
+
+    Optional attributes (absent = False), for models whose image encoding is not fixed-size:
+    - `multi_image_mode`: images are encoded differently in prompts with several images
+      (LLaVA-OneVision: anyres tiles alone, base resolution next to another image); the critic then
+      calls `pixel_values(images, n_images)` with the number of images of the prompt.
+    - `needs_image_sizes`: `logits_at(..., image_sizes=...)` receives the (h, w) of every image of
+      every prompt, in prompt order (Qwen2.5-VL's M-RoPE positions depend on each image's grid).
+    `image_features` may return a (N, T, D) tensor or a list of N (T_i, D) tensors.
+    """
 
     model: nn.Module  # the transformers VLM (frozen by VLMCritic)
     processor: Any  # its processor (tokenizer + image processor + chat template)
@@ -222,7 +232,7 @@ class VLMCritic:
         self.name = name or type(self.model).__name__
         self.yes_ids = answer_token_ids(self.tokenizer, "Yes")
         self.no_ids = answer_token_ids(self.tokenizer, "No")
-        self._prompt_ids: OrderedDict[tuple[str, int], list[int]] = OrderedDict()
+        self._prompt_ids: OrderedDict[tuple, list[int]] = OrderedDict()
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
@@ -241,15 +251,22 @@ class VLMCritic:
         messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def prompt_ids(self, question: str, n_images: int) -> list[int]:
-        """Token ids of the chat prompt, image tokens expanded as the processor does (cached)."""
-        key = (question, n_images)
+    def prompt_ids(self, question: str, n_images: int, sizes: Sequence[tuple[int, int]] | None = None) -> list[int]:
+        """Token ids of the chat prompt, image tokens expanded as the processor does (cached).
+
+        sizes: the (h, w) of each image, for models whose image-token count depends on it (the
+        processor then sees blank images of these sizes); None = the layout's blank image."""
+        sizes = None if sizes is None else tuple((int(h), int(w)) for h, w in sizes)
+        if sizes is not None and len(sizes) != n_images:
+            raise ValueError(f"prompt_ids: {n_images} images but {len(sizes)} sizes")
+        key = (question, n_images, sizes)
         if key in self._prompt_ids:
             self._prompt_ids.move_to_end(key)
             return self._prompt_ids[key]
         text = self.chat_prompt(question, n_images)
-        images = [self.layout.blank_image() for _ in range(n_images)] or None
-        ids = self.processor(text=[text], images=images, return_tensors="pt")["input_ids"][0].tolist()
+        images = [self.layout.blank_image() for _ in range(n_images)] if sizes is None else [_blank(hw) for hw in sizes]
+        # one nested list per prompt: the processor treats them as the images of one multi-image sample
+        ids = self.processor(text=[text], images=[images] if images else None, return_tensors="pt")["input_ids"][0].tolist()
         self._prompt_ids[key] = ids
         if len(self._prompt_ids) > PROMPT_CACHE_SIZE:
             self._prompt_ids.popitem(last=False)
@@ -257,9 +274,13 @@ class VLMCritic:
 
     # -- images -------------------------------------------------------------------------------
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [-1, 1] -> (N, T, D) LM input embeddings; differentiable."""
-        return self.layout.image_features(self.layout.pixel_values(images.to(self.device)))
+    def encode_images(self, images: torch.Tensor, n_images: int = 0) -> torch.Tensor | list[torch.Tensor]:
+        """(N, 3, H, W) in [-1, 1] -> (N, T, D) LM input embeddings (or N (T_i, D)); differentiable.
+        n_images: images in the prompt they go to (used by `multi_image_mode` layouts only)."""
+        images = images.to(self.device)
+        if getattr(self.layout, "multi_image_mode", False):
+            return self.layout.image_features(self.layout.pixel_values(images, n_images or 1))
+        return self.layout.image_features(self.layout.pixel_values(images))
 
     # -- Critic protocol ----------------------------------------------------------------------
 
@@ -292,13 +313,19 @@ class VLMCritic:
 
         used = sorted(set(index))
         slot = {i: k for k, i in enumerate(used)}
-        edit_feats = self.encode_images(edited[used])
-        ref_feats = None
+        # features per image count of the prompt (one group unless the layout encodes them differently)
+        multi = getattr(self.layout, "multi_image_mode", False)
+        group = [(2 if m else 1) if multi else 0 for m in mask]
+        edit_feats = {g: self.encode_images(edited[used], g) for g in sorted(set(group))}
+        ref_feats = {}
         if any(mask):
             with torch.no_grad():
-                ref_feats = self.encode_images(ref[used])
+                ref_feats = {g: self.encode_images(ref[used], g) for g in sorted({g for g, m in zip(group, mask) if m})}
 
-        ids = [self.prompt_ids(qs, 2 if m else 1) for qs, m in zip(questions, mask)]
+        edit_hw = tuple(edited.shape[-2:])
+        ref_hw = tuple(ref.shape[-2:]) if ref is not None else None
+        sizes = [[ref_hw, edit_hw] if m else [edit_hw] for m in mask]
+        ids = [self.prompt_ids(qs, len(hw), hw) for qs, hw in zip(questions, sizes)]
         length = max(len(x) for x in ids)
         device = self.device
         input_ids = torch.full((q, length), self.pad_id, dtype=torch.long)
@@ -315,13 +342,15 @@ class VLMCritic:
         for k in range(q):
             s = slot[index[k]]
             if mask[k]:
-                feats.append(ref_feats[s])
-            feats.append(edit_feats[s])
+                feats.append(ref_feats[group[k]][s])
+            feats.append(edit_feats[group[k]][s])
         feats = torch.cat(feats).to(inputs_embeds.dtype)
         image_mask = input_ids == self.layout.image_token_id
         if int(image_mask.sum()) != feats.shape[0]:
             raise RuntimeError(f"{int(image_mask.sum())} image tokens in the prompts but {feats.shape[0]} image features")
         inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), feats)
+        if getattr(self.layout, "needs_image_sizes", False):
+            return self.layout.logits_at(input_ids, inputs_embeds, attention, last, image_sizes=sizes)
         return self.layout.logits_at(input_ids, inputs_embeds, attention, last)
 
     def yes_no_logits(self, logits: torch.Tensor) -> torch.Tensor:
@@ -336,7 +365,7 @@ class VLMCritic:
         through the model's own processor."""
         pils = [_to_pil(im) for im in images]
         text = self.chat_prompt(prompt, len(pils))
-        enc = self.processor(text=[text], images=pils or None, return_tensors="pt").to(self.device)
+        enc = self.processor(text=[text], images=[pils] if pils else None, return_tensors="pt").to(self.device)
         if "pixel_values" in enc:
             enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
         out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.pad_id)
@@ -353,6 +382,35 @@ class VLMCritic:
             self.processor.save_pretrained(tmp)
 
         write_folder_atomically(folder, fill)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_vlm(model_cls: Any, cfg: Any, device: str | torch.device | None, *, what: str) -> tuple[nn.Module, Any]:
+    """`model_cls.from_pretrained(cfg.path)` + its AutoProcessor, moved to `device` and frozen (with
+    gradient checkpointing when `cfg.grad_checkpointing`). cfg: path, revision, dtype, and optionally
+    attn_implementation ('' = transformers' default)."""
+    from transformers import AutoProcessor
+
+    if not cfg.path:
+        raise ValueError(f"critic.path: empty; set it to the folder or hub id of {what}")
+    kw: dict[str, Any] = {"revision": cfg.revision or None}
+    attn = getattr(cfg, "attn_implementation", "")
+    try:
+        model = model_cls.from_pretrained(cfg.path, dtype=DTYPES[cfg.dtype], **({"attn_implementation": attn} if attn else {}), **kw)
+        processor = AutoProcessor.from_pretrained(cfg.path, **kw)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"critic.path: cannot load {what} ({model_cls.__name__}) and its processor from {cfg.path}: {e}") from e
+    model.to(torch.device(device or "cpu"))
+    freeze(model, grad_checkpointing=cfg.grad_checkpointing)
+    return model, processor
+
+
+def _blank(hw: tuple[int, int]):
+    from PIL import Image
+
+    return Image.new("RGB", (hw[1], hw[0]))
 
 
 def _to_pil(image: Any):
@@ -375,6 +433,7 @@ __all__ = [
     "answer_token_ids",
     "causal_lm_logits_at",
     "freeze",
+    "load_vlm",
     "resize",
     "to_unit",
 ]

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import torch
@@ -35,6 +33,7 @@ from torch import nn
 
 from harness.config import nohash
 from harness.models.base import TextEmbedding
+from harness.models.loading import component_loader, make_trainable, pipeline_components, read_json
 from harness.registry import BACKBONES, Spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -58,6 +57,8 @@ class SD3Config:
     # Timestep modulation of the reference tokens: the target's ('shared') or that of t=0 ('clean').
     ref_modulation: Literal["shared", "clean"] = "clean"
     grad_checkpointing: bool = False
+    # Shard G, A and the teacher over the job's GPUs with FSDP2 (one task per GPU); no effect on one process.
+    fsdp: bool = False
     # LoRA on trainable denoisers (0 = full fine-tuning); alpha 0 = rank.
     lora_rank: int = 0
     lora_alpha: float = 0.0
@@ -278,23 +279,6 @@ class SD3Denoiser(nn.Module):
 # The backbone
 
 
-def _read_json(path: str, name: str, revision: str | None) -> dict | None:
-    """A JSON file of a local folder or hub repo; None when it does not exist."""
-    local = Path(path)
-    if local.is_dir():
-        f = local / name
-        return json.loads(f.read_text()) if f.exists() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError
-
-    try:
-        return json.loads(Path(hf_hub_download(path, name, revision=revision)).read_text())
-    except EntryNotFoundError:
-        return None
-    except Exception as e:  # offline, unknown repo, no access: say which path failed
-        raise ValueError(f"backbone.path: {path!r} is not a local folder and cannot be read from the hub ({type(e).__name__}: {e})") from e
-
-
 class SD3Backbone:
     """Frozen text encoders and VAE of an SD3-family model, and a factory of denoisers that start
     from its pretrained transformer (implements harness.models.base.Backbone)."""
@@ -303,36 +287,19 @@ class SD3Backbone:
         from diffusers import AutoencoderKL, SD3Transformer2DModel
         from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
 
-        if not cfg.path:
-            raise ValueError("backbone.path: empty; set it to a diffusers SD3 folder or hub id")
+        from harness.models.sharding import wants_sharding
+
         self.cfg = cfg
         self.device = torch.device(device or "cpu")
         self.dtype = DTYPES[cfg.dtype]
         path, rev = cfg.path, cfg.revision or None
-        if Path(path).exists() and not Path(path).is_dir():
-            raise ValueError(f"backbone.path: {path} is a file; expected a diffusers folder with transformer/")
-        index = _read_json(path, "model_index.json", rev)
-        if index is not None:
-            present = {k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None}
-        elif Path(path).is_dir():
-            present = {p.name for p in Path(path).iterdir() if p.is_dir()}
-        else:
-            raise ValueError(f"backbone.path: {path}: no model_index.json (not a local folder or diffusers hub repo)")
-        for required in ("transformer", "text_encoder", "tokenizer"):
-            if required not in present:
-                raise ValueError(f"backbone.path: {path} has no {required}/ (found: {', '.join(sorted(present)) or 'nothing'})")
+        present = pipeline_components(path, rev, ("transformer", "text_encoder", "tokenizer"))
+        load = component_loader(path, rev)
 
-        def load(cls: Any, sub: str, dtype: torch.dtype | None = None, dtype_kw: str = "dtype") -> Any:
-            kw: dict[str, Any] = {"subfolder": sub, "revision": rev}
-            if dtype is not None:
-                kw[dtype_kw] = dtype
-            try:
-                return cls.from_pretrained(path, **kw)
-            except (OSError, ValueError) as e:
-                raise ValueError(f"backbone.path: cannot load {sub}/ of {path} as {cls.__name__}: {e}") from e
-
+        # With FSDP the pretrained transformer stays on the CPU: each denoiser is a copy whose shards move to the GPU.
+        self.sharded = wants_sharding(cfg.fsdp)
         self.transformer = load(SD3Transformer2DModel, "transformer", self.dtype, "torch_dtype")
-        self.transformer.requires_grad_(False).eval().to(self.device)
+        self.transformer.requires_grad_(False).eval().to("cpu" if self.sharded else self.device)
         self.clip_encoders: list[nn.Module] = []
         self.clip_tokenizers: list[Any] = []
         for enc, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
@@ -356,7 +323,7 @@ class SD3Backbone:
         self.image_size = cfg.resolution or tcfg.sample_size * self.vae_factor
         if self.image_size % (self.vae_factor * tcfg.patch_size):
             raise ValueError(f"backbone.resolution {self.image_size} is not a multiple of VAE factor x patch size = {self.vae_factor * tcfg.patch_size}")
-        sched = _read_json(path, "scheduler/scheduler_config.json", rev) or {}
+        sched = read_json(path, "scheduler/scheduler_config.json", rev) or {}
         self.shift = float(cfg.shift or sched.get("shift", 1.0))
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._check_text_dims()
@@ -457,39 +424,31 @@ class SD3Backbone:
     def make_denoiser(self, *, trainable: bool, lora: bool | None = None) -> SD3Denoiser:
         """A denoiser starting from the pretrained transformer.
 
-        trainable=False: frozen, sharing the backbone's own transformer (no copy; do not modify it).
-        trainable=True: a deep copy; LoRA adapter when `lora` (default: backbone lora_rank > 0),
-        else every weight trainable, in `trainable_dtype`.
+        trainable=False: frozen, sharing the backbone's own transformer (no copy; do not modify it),
+        or, with FSDP, a sharded copy. trainable=True: a deep copy; LoRA adapter when `lora`
+        (default: backbone lora_rank > 0), else every weight trainable, in `trainable_dtype`.
         """
+        from harness.models.sharding import shard_denoiser
+
         cfg = self.cfg
         if not trainable:
-            return SD3Denoiser(self.transformer, ref_modulation=cfg.ref_modulation, compute_dtype=self.dtype)
-        use_lora = cfg.lora_rank > 0 if lora is None else lora
-        if use_lora and cfg.lora_rank <= 0:
-            raise ValueError("make_denoiser(lora=True) needs backbone.lora_rank > 0")
+            if not self.sharded:
+                return SD3Denoiser(self.transformer, ref_modulation=cfg.ref_modulation, compute_dtype=self.dtype)
+            den = SD3Denoiser(copy.deepcopy(self.transformer), ref_modulation=cfg.ref_modulation, compute_dtype=self.dtype)
+            return shard_denoiser(den, self.device, compute_dtype=self.dtype).eval()
         tr = copy.deepcopy(self.transformer)
-        if use_lora:
-            from peft import LoraConfig
-
-            tr.add_adapter(
-                LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank, target_modules=list(cfg.lora_targets), init_lora_weights=True)
-            )
-            for name, p in tr.named_parameters():
-                p.requires_grad_("lora_" in name)
-                if "lora_" in name:
-                    p.data = p.data.float()
-        else:
-            if tr.dtype != DTYPES[cfg.trainable_dtype]:
-                tr.to(DTYPES[cfg.trainable_dtype])
-            tr.requires_grad_(True)
+        make_trainable(tr, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_targets=cfg.lora_targets,
+                       use_lora=cfg.lora_rank > 0 if lora is None else lora, dtype=DTYPES[cfg.trainable_dtype])
         if cfg.grad_checkpointing:
             tr.enable_gradient_checkpointing()
         den = SD3Denoiser(tr, ref_modulation=cfg.ref_modulation, compute_dtype=self.dtype)
+        if self.sharded:
+            shard_denoiser(den, self.device, compute_dtype=self.dtype)
         return den.train()
 
     def to(self, device: str | torch.device) -> "SD3Backbone":
         self.device = torch.device(device)
-        for m in [self.transformer, *self.clip_encoders, self.t5, self.vae]:
+        for m in [*self.clip_encoders, self.t5, self.vae] + ([] if self.sharded else [self.transformer]):
             if m is not None:
                 m.to(self.device)
         self._cache.clear()
