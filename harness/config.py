@@ -326,6 +326,34 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def deep_merge(base: dict, top: dict) -> dict:
+    """Mappings merge key by key; anything else in `top` replaces what `base` has."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file with its `include:` list (paths relative to it) merged underneath it, in order."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: include cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
+    data = read_yaml(path)
+    includes = data.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{path}: key 'include': expected a list of config file paths, got {includes!r}")
+    merged: dict = {}
+    for inc in includes:
+        inc_path = path.parent / inc
+        if not inc_path.exists():
+            raise ConfigError(f"{path}: key 'include': file not found: {inc_path}")
+        merged = deep_merge(merged, read_config_yaml(inc_path, (*_seen, path)))
+    return deep_merge(merged, data)
+
+
 def resolve_dict(data: dict, overrides: list[str] | dict[str, Any] = (), label: str | None = None) -> tuple[dict, Overrides]:
     """Apply dotted overrides to a raw config dict; returns the new dict and the overridden keys."""
     data = json.loads(json.dumps(data))  # deep copy of plain data
@@ -343,7 +371,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | dict[str, An
     from harness.runconfig import RunConfig
 
     source = source or (str(path) if path is not None else "<config>")
-    raw = read_yaml(path) if path is not None else (data or {})
+    raw = read_config_yaml(path) if path is not None else (data or {})
     plugins = raw.get("plugins") or []
     raw, keys = resolve_dict(raw, overrides, label)
     plugins = raw.get("plugins") or plugins

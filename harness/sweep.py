@@ -101,7 +101,7 @@ def _base_dict(sweep: Sweep) -> tuple[dict, str]:
     bpath = (sweep.path.parent / base).resolve()
     if not bpath.exists():
         raise C.ConfigError(f"{sweep.path}: key 'base': file not found: {bpath}")
-    return C.read_yaml(bpath), str(bpath)
+    return C.read_config_yaml(bpath), str(bpath)
 
 
 def combinations(cfg: SweepConfig) -> list[dict[str, Any]]:

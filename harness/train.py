@@ -118,8 +118,9 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -
         rd.truncate_metrics(start)
 
     def save(step: int) -> None:
+        state = method.state_dict()  # every rank: gathering sharded weights is a collective
         if main:
-            rd.save_checkpoint(step, method.state_dict(), keep=cfg.train.keep_checkpoints)
+            rd.save_checkpoint(step, state, keep=cfg.train.keep_checkpoints)
 
     steps = cfg.train.steps
     bar = tqdm(total=steps, initial=start, disable=not progress or not main, desc=rd.id, dynamic_ncols=True)
@@ -131,7 +132,7 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -
         if main and (done % cfg.train.log_every == 0 or done == steps):
             rd.log_metrics({"step": done, "time": round(time.time() - t0, 3), **metrics})
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:4]})
-        if cfg.train.sample_every and done % cfg.train.sample_every == 0 and main:
+        if cfg.train.sample_every and done % cfg.train.sample_every == 0 and main and _world_size() == 1:
             _save_samples(method, rd, done)
         if done % cfg.train.ckpt_every == 0 or done == steps:
             save(done)
@@ -141,13 +142,19 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -
     if latest is None and steps == 0:
         save(0)
 
+    method.export(str(rd.model_dir))  # every rank (a collective when sharded); rank 0 writes
     if not main:
         return {}
-    method.export(str(rd.model_dir))
-    _save_samples(method, rd, steps)
     from harness.evaluate import evaluate_editor
 
-    results = evaluate_editor(method.editor(), cfg, rd, progress=progress, preemption=preemption)
+    if _world_size() > 1:  # sharded weights: rank 0 evaluates an unsharded copy of the export
+        from harness.edit import load_editor
+
+        editor = load_editor(rd.path, device=str(device))
+    else:
+        _save_samples(method, rd, steps)
+        editor = method.editor()
+    results = evaluate_editor(editor, cfg, rd, progress=progress, preemption=preemption)
     out = {
         "run_id": rd.id,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -156,6 +163,12 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -
     }
     rd.write_result(out)
     return out
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def _save_samples(method: Any, rd: RunDir, step: int) -> None:

@@ -18,6 +18,7 @@ from harness import config as C
 from harness.data.sampling import to_pil, to_tensor
 from harness.models.base import TextEmbedding
 from harness.models.sampler import euler_sample, few_step_sample
+from harness.models.sharding import full_trainable_state, is_sharded, load_full_trainable_state
 from harness.registry import BACKBONES, CRITICS
 
 
@@ -48,17 +49,30 @@ def resolve_data_path(path: str, cfg: Any, *, paired: bool) -> Path:
 
 
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.detach().clone() for k, p in module.named_parameters() if p.requires_grad}
+    """Full tensors of the trainable weights (gathered from FSDP shards: every rank must call it)."""
+    return full_trainable_state(module)
 
 
 def load_trainable_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    params = dict(module.named_parameters())
-    missing = [k for k in state if k not in params]
-    if missing:
-        raise KeyError(f"checkpoint has weights this model lacks: {missing[:5]}")
-    with torch.no_grad():
-        for k, v in state.items():
-            params[k].copy_(v)
+    load_full_trainable_state(module, state)
+
+
+def optimizer_state(module: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state with full tensors, also when the module is sharded (a collective then)."""
+    if not any(is_sharded(p) for p in module.parameters()):
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    if not any(is_sharded(p) for p in module.parameters()):
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
 class EMA:
@@ -85,7 +99,7 @@ def average_gradients(params: Iterable[nn.Parameter]) -> None:
         return
     world = dist.get_world_size()
     for p in params:
-        if p.grad is not None:
+        if p.grad is not None and not is_sharded(p.grad):  # FSDP already averaged sharded gradients
             dist.all_reduce(p.grad)
             p.grad /= world
 
@@ -175,9 +189,13 @@ def g_like(g: torch.Generator, device: torch.device) -> torch.Generator | None:
 def export_editor(folder: str | Path, weights: dict[str, torch.Tensor], backbone_cfg: Any, sampling: Sampling,
                   method: str) -> None:
     """model/denoiser.safetensors (trainable weights: all of them, or the LoRA adapter) + editor.json."""
+    from harness.launch import is_main_process
+    from harness.runstore import atomic_path, atomic_write_json
+
+    if not is_main_process():
+        return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    from harness.runstore import atomic_path, atomic_write_json
 
     with atomic_path(folder / "denoiser.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
@@ -214,6 +232,47 @@ def load_init(denoiser: nn.Module, init_from: str, run_dir: Path) -> None:
     if not f.exists():
         raise FileNotFoundError(f"train.init_from: {f} not found (is {p} a finished run?)")
     load_trainable_state(denoiser, load_file(str(f)))
+
+
+def load_init_base(backbone: Any, init_from: str, run_dir: Path) -> None:
+    """Load another run's exported generator into the backbone's own (frozen) transformer, so that the
+    denoisers made afterwards start from it: a LoRA adapter then sits on top of it, and disabling the
+    adapter gives that run's model (e.g. Flow-GRPO's reference policy = the SFT model). The weights take
+    the backbone's dtype."""
+    base = backbone.make_denoiser(trainable=False)
+    if getattr(base, "transformer", None) is not getattr(backbone, "transformer", None):
+        raise ValueError("train.init_from under a LoRA adapter needs a backbone whose frozen denoiser shares its "
+                         "transformer (not a sharded copy)")
+    load_init(base, init_from, run_dir)
+
+
+def merged_weights(denoiser: nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight of `denoiser`, named as in a full-weight denoiser: a LoRA adapter (peft) is merged into
+    its base weights (W + delta, in float32). Exported this way, `load_editor` rebuilds the editor with
+    `make_denoiser(trainable=True)` on a backbone config with lora_rank 0, whatever the base was."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [(name, mod) for name, mod in denoiser.named_modules() if isinstance(mod, LoraLayer)]
+    if not layers:  # full fine-tuning: every weight is trainable (gathered when sharded)
+        return trainable_state(denoiser)
+    if any(is_sharded(p) for p in denoiser.parameters()):
+        raise NotImplementedError("merging a LoRA adapter into sharded (FSDP) weights")
+    delta = {}
+    for name, mod in layers:
+        if not mod.merged:
+            for adapter in mod.active_adapters:
+                d = mod.get_delta_weight(adapter).detach().float()
+                key = f"{name}.base_layer.weight"
+                delta[key] = delta[key] + d if key in delta else d
+    out = {}
+    for name, p in denoiser.named_parameters():
+        if "lora_" in name:
+            continue
+        w = p.detach()
+        if name in delta:
+            w = w.float() + delta[name]
+        out[name.replace(".base_layer.", ".")] = w.clone()
+    return out
 
 
 def sample_grid(rows: list[list[torch.Tensor]], pad: int = 2) -> Image.Image:

@@ -258,21 +258,21 @@ class NPEdit:
         return sum(losses) / max(1, len(losses))
 
     def state_dict(self) -> dict[str, Any]:
-        st: dict[str, Any] = {"G": common.trainable_state(self.G), "opt_G": self.opt_G.state_dict(),
+        st: dict[str, Any] = {"G": common.trainable_state(self.G), "opt_G": common.optimizer_state(self.G, self.opt_G),
                               "rng": common.rng_state()}
         if self.A is not None:
             st["A"] = common.trainable_state(self.A)
-            st["opt_A"] = self.opt_A.state_dict()
+            st["opt_A"] = common.optimizer_state(self.A, self.opt_A)
         if self.ema is not None:
             st["ema"] = self.ema.state_dict()
         return st
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         common.load_trainable_state(self.G, st["G"])
-        self.opt_G.load_state_dict(st["opt_G"])
+        common.load_optimizer_state(self.G, self.opt_G, st["opt_G"])
         if self.A is not None:
             common.load_trainable_state(self.A, st["A"])
-            self.opt_A.load_state_dict(st["opt_A"])
+            common.load_optimizer_state(self.A, self.opt_A, st["opt_A"])
         if self.ema is not None:
             self.ema.load_state_dict(st["ema"])
         common.set_rng_state(st["rng"])

@@ -100,3 +100,19 @@ def test_flatten_gives_dotted_columns(fit_yaml):
 def test_defaults_describe_a_full_run():
     rows = {r[0]: r for r in C.describe(RunConfig)}
     assert {"method", "model", "data", "train", "eval", "seed"} <= set(rows)
+
+
+def test_include_merges_fragments_under_the_file(tmp_path):
+    write_yaml(tmp_path / "models" / "m.yaml", {"method": {"name": "fit", "dim": 7, "lr": 0.3}, "train": {"steps": 9}})
+    write_yaml(tmp_path / "opt.yaml", {"train": {"steps": 11, "lr": 0.5}})
+    run = write_yaml(tmp_path / "run.yaml", {**FIT_BASE, "include": ["models/m.yaml", "opt.yaml"],
+                                            "method": {"name": "fit", "dim": 2}})
+    cfg = C.load_run_config(run)
+    assert cfg.method.dim == 2 and cfg.method.lr == 0.3  # the file wins, included keys fill in
+    assert cfg.train.steps == 20 and cfg.train.lr == 0.5  # FIT_BASE sets steps; opt.yaml (later) sets lr
+    write_yaml(tmp_path / "loop.yaml", {"include": ["loop.yaml"]})
+    with pytest.raises(C.ConfigError, match="include cycle"):
+        C.load_run_config(tmp_path / "loop.yaml")
+    write_yaml(tmp_path / "bad.yaml", {"include": ["nope.yaml"]})
+    with pytest.raises(C.ConfigError, match="include': file not found"):
+        C.load_run_config(tmp_path / "bad.yaml")

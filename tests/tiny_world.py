@@ -50,3 +50,13 @@ def run_config(paths: dict[str, Path], method: dict, **sections) -> dict:
     for k, v in sections.items():
         cfg[k] = {**cfg.get(k, {}), **v}
     return cfg
+
+
+_SHARED: dict[str, dict[str, Path]] = {}
+
+
+def shared(tmp_path_factory) -> dict[str, Path]:
+    """One tiny world per test session, for test modules that only read it."""
+    if "paths" not in _SHARED:
+        _SHARED["paths"] = build(tmp_path_factory.getbasetemp() / "tiny_world_shared")
+    return _SHARED["paths"]
