@@ -15,6 +15,7 @@ Sweep file:
       - {data.fraction: [0.01, 0.5, 1.0], train.steps: [100, 200, 300]}
     runs:                          # explicit runs (override mappings), crossed with the grid and zips
       - {method.name: sft}
+      - {include: ../configs/np_edit.yaml, train.init_from: "@sft"}   # a config file merged over the base
     launcher: {cluster: auto, partition: gpu, gpus_per_node: 1, cpus_per_task: 8, mem_gb: 64,
                timeout_min: 240, array_parallelism: 8}
     report: {...}                  # tables and plots (see reports/spec.py)
@@ -131,9 +132,15 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
     cli = dict(C.parse_override(o) for o in sweep.cli_overrides)
     configs = []
     for combo in combinations(sweep.cfg):
-        overrides = {**sweep.cfg.overrides, **combo, **cli}
+        run_base, run_source = base, source
+        if "include" in combo:  # a run may bring a config file of its own, merged over the base
+            inc = sweep.path.parent / str(combo["include"])
+            if not inc.exists():
+                raise C.ConfigError(f"{sweep.path}: run {_fmt(combo)}: include: file not found: {inc}")
+            run_base, run_source = C.deep_merge(base, C.read_config_yaml(inc)), f"{source} + {inc}"
+        overrides = {**sweep.cfg.overrides, **{k: v for k, v in combo.items() if k != "include"}, **cli}
         label = f"{sweep.path}: overrides {_fmt(combo)}" if combo else f"{sweep.path}: overrides"
-        configs.append((combo, C.load_run_config(None, overrides, data=base, label=label, source=source)))
+        configs.append((combo, C.load_run_config(None, overrides, data=run_base, label=label, source=run_source)))
     _resolve_references(sweep, configs)
     planned: list[PlannedRun] = []
     seen: set[str] = set()
@@ -235,7 +242,8 @@ def status_table(planned: list[PlannedRun], *, show_errors: bool = True) -> str:
             job = _read_job(pr.dir)
             if state != "todo" and job.get("job_id"):
                 note = f"job {job['job_id']} {note}".strip()
-        rows.append((pr.run_id, state, _fmt(pr.overrides) or "(base)", note))
+        text = _fmt(pr.overrides) or "(base)"
+        rows.append((pr.run_id, state, text if len(text) <= 90 else text[:89] + "…", note))
     header = ("id", "state", "overrides", "note")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
