@@ -1,0 +1,255 @@
+"""The built-in world's assets: its pretrained teacher and critics, its training datasets, and the
+registry entries that let run configs name them (`backbone: toy_mmdit`, `critic: {name: toy_llava, size: large}`).
+
+Every model is identified by the hash of its recipe (harness.toyworld.teacher.TeacherRecipe,
+harness.toyworld.critics.CriticRecipe). `ensure_teacher()` / `ensure_critic(size)` return, in order:
+
+1. the copy shipped in the package (harness/toyworld/pretrained/<name>/), when its recipe.json
+   has the current recipe's hash;
+2. the cached copy `$NPEDIT_CACHE/toyworld/<name>-<hash>/` (default cache ~/.cache/np-edit);
+3. otherwise they pretrain it into the cache first (minutes on a laptop CPU; one process at a
+   time, others wait for it under a file lock).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from harness.registry import BACKBONES, CRITICS, Spec
+
+PRETRAINED = Path(__file__).resolve().parent / "pretrained"
+TEACHER = "teacher"
+
+# Rough pretraining times on 2 laptop CPU cores, for the message shown before a cache miss trains.
+_ROUGH_MINUTES = {"teacher": 12, "critic-small": 3, "critic-medium": 5, "critic-large": 9}
+
+# The world's training datasets (NP-Edit instructions, SFT pairs): training-split scenes only.
+DATASET_REFS = 3000
+DATASET_EDITS_PER_REF = 2
+DATASET_SEED = 0
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NPEDIT_CACHE") or "~/.cache/np-edit").expanduser()
+
+
+def critic_name(size: str) -> str:
+    return f"critic-{size}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Current recipes
+
+
+def teacher_recipe() -> Any:
+    from harness.toyworld.teacher import TeacherRecipe
+
+    return TeacherRecipe()
+
+
+def critic_recipe(size: str) -> Any:
+    from harness.toyworld.critics import SIZES, default_critic_recipe
+    from harness.toyworld.pretrain import recipe_hash
+
+    if size not in SIZES:
+        raise ValueError(f"critic size {size!r} is not built in; sizes: {', '.join(SIZES)}")
+    return default_critic_recipe(size, teacher_hash=recipe_hash(teacher_recipe()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookup
+
+
+def _complete(folder: Path, hash_: str) -> bool:
+    from harness.toyworld.pretrain import read_recipe
+
+    info = read_recipe(folder)
+    return info is not None and info.get("hash") == hash_
+
+
+def locate(name: str, recipe: Any, *, root: Path | None = None) -> Path | None:
+    """The folder holding model `name` made by `recipe`: in `root` when given, else shipped, else cached."""
+    from harness.toyworld.pretrain import recipe_hash
+
+    h = recipe_hash(recipe)
+    candidates = [Path(root) / name] if root is not None else [PRETRAINED / name, cache_root() / "toyworld" / f"{name}-{h}"]
+    return next((c for c in candidates if _complete(c, h)), None)
+
+
+def target_folder(name: str, recipe: Any, root: Path | None = None) -> Path:
+    from harness.toyworld.pretrain import recipe_hash
+
+    return Path(root) / name if root is not None else cache_root() / "toyworld" / f"{name}-{recipe_hash(recipe)}"
+
+
+@contextlib.contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    """One process builds a folder at a time; the others wait and then find it built."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f".{folder.name}.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _announce(name: str, recipe: Any, folder: Path) -> None:
+    from harness.toyworld.pretrain import log, read_recipe, recipe_hash
+
+    shipped = read_recipe(PRETRAINED / name)
+    took = (shipped or {}).get("train", {}).get("seconds")
+    rough = f"about {max(1, round(took / 60))} min" if took else f"roughly {_ROUGH_MINUTES.get(name, 10)} min"
+    why = (f"the shipped one was made by recipe {shipped['hash']}" if shipped else "none is shipped")
+    log(f"{name}: no pretrained copy of recipe {recipe_hash(recipe)} ({why}); pretraining it now into {folder} "
+        f"({rough} on 2 CPU cores; cached for every later run)")
+
+
+def ensure_teacher(recipe: Any = None, *, root: Path | None = None, force: bool = False, progress: bool = True) -> Path:
+    """The pretrained teacher's SD3 folder (built on first use). `root`: build/look only there
+    (e.g. the package's pretrained/ folder when shipping); `force`: rebuild even if present."""
+    from harness.toyworld.teacher import train_teacher
+
+    recipe = recipe or teacher_recipe()
+    if not force and (found := locate(TEACHER, recipe, root=root)) is not None:
+        return found
+    folder = target_folder(TEACHER, recipe, root)
+    with _lock(folder):
+        if not force and (found := locate(TEACHER, recipe, root=root)) is not None:
+            return found
+        _announce(TEACHER, recipe, folder)
+        train_teacher(recipe, folder, progress=progress)
+    return folder
+
+
+def _pool_path(data: Any, part: str) -> Path:
+    from harness.toyworld.pretrain import recipe_hash
+
+    suffix = "" if part == "all" else f"-{part}"
+    return cache_root() / "toyworld" / f"critic-data-{recipe_hash(data)}{suffix}.npz"
+
+
+def critic_pool(recipe: Any, *, root: Path | None = None, part: str = "all", progress: bool = True) -> Any:
+    """The critics' shared training examples (cached under the data recipe's hash). part='base':
+    only the examples without teacher samples (they need no teacher, so they can be built while
+    it trains); 'all' adds the teacher-sample examples to them."""
+    from harness.toyworld import critics as C
+    from harness.toyworld.pretrain import log, read_recipe
+
+    data = recipe.data
+    path = _pool_path(data, part)
+    if path.exists():
+        return C.Pool.load(path)
+    with _lock(path):
+        if path.exists():
+            return C.Pool.load(path)
+        if part == "base" or data.p_teacher <= 0:
+            log(f"critic data: answered (reference, candidate) pairs without teacher samples -> {path}")
+            pool = C.build_pool(data, data.pairs, part="base", progress=progress)
+        else:
+            base = critic_pool(recipe, root=root, part="base", progress=progress)
+            teacher = ensure_teacher(root=root, progress=progress)
+            made_by = (read_recipe(teacher) or {}).get("hash")
+            if made_by != data.teacher_hash:
+                raise ValueError(f"critic data recipe wants samples of teacher {data.teacher_hash!r}, but the teacher "
+                                 f"at {teacher} is {made_by!r}; set data.teacher_hash to it or data.p_teacher to 0")
+            log(f"critic data: {data.teacher_bank} teacher samples and their pairs -> {path}")
+            bank = C.teacher_bank(teacher, data, data.teacher_bank, split="train", seed=0)
+            pool = C.Pool.concat([base, C.build_pool(data, data.pairs, bank=bank, part="teacher", progress=progress)])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pool.save(path)
+    return pool
+
+
+def ensure_critic(size: str = "large", recipe: Any = None, *, root: Path | None = None, force: bool = False,
+                  progress: bool = True) -> Path:
+    """The pretrained critic's LLaVA folder of this size (built on first use)."""
+    from harness.toyworld.critics import train_critic
+
+    recipe = recipe or critic_recipe(size)
+    name = critic_name(recipe.size)
+    if not force and (found := locate(name, recipe, root=root)) is not None:
+        return found
+    folder = target_folder(name, recipe, root)
+    with _lock(folder):
+        if not force and (found := locate(name, recipe, root=root)) is not None:
+            return found
+        _announce(name, recipe, folder)
+        train_critic(recipe, folder, critic_pool(recipe, root=root, progress=progress), progress=progress)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+def world_of(cfg: Any) -> Any:
+    """The world a run trains in: that of its shapes_edit benchmark (it must match the model's), else the default."""
+    from harness.toyworld.scenes import WorldConfig
+
+    for bench in getattr(getattr(cfg, "eval", None), "benchmarks", None) or []:
+        if getattr(bench, "name", "") == "shapes_edit":
+            return bench.world
+    return WorldConfig()
+
+
+def world_dataset(cfg: Any = None) -> tuple[Path, Path]:
+    """(instructions_dir, pairs_dir): the world's NP-Edit instruction dataset and SFT paired dataset
+    (training-split scenes only), exported once into the cache and reused."""
+    from harness.toyworld.dataset import build_world_datasets, dataset_name, export_params
+
+    world = world_of(cfg)
+    world.validate()
+    params = export_params(world, DATASET_REFS, DATASET_SEED, DATASET_EDITS_PER_REF)
+    root = cache_root() / "toyworld" / "datasets" / dataset_name(params)
+    with _lock(root):
+        return build_world_datasets(root, world, DATASET_REFS, DATASET_SEED, DATASET_EDITS_PER_REF)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry entries
+
+
+def build_toy_backbone(cfg: Any, device: Any = None) -> Any:
+    """An SD3Backbone over the built-in teacher (`path: ''`) or any other SD3 folder."""
+    from harness.models.sd3 import SD3Backbone
+
+    return SD3Backbone(replace(cfg, path=cfg.path or str(ensure_teacher())), device=device)
+
+
+@dataclass
+class ToyLlavaConfig:
+    name: str = "toy_llava"
+    size: Literal["small", "medium", "large"] = "large"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    grad_checkpointing: bool = False
+
+
+def build_toy_critic(cfg: ToyLlavaConfig, device: Any = None) -> Any:
+    """The built-in critic of this size, loaded by harness.models.llava like any LLaVA critic."""
+    from harness.models.llava import LlavaCriticConfig, load_llava_critic
+
+    path = ensure_critic(cfg.size)
+    return load_llava_critic(LlavaCriticConfig(path=str(path), dtype=cfg.dtype, grad_checkpointing=cfg.grad_checkpointing),
+                             device)
+
+
+def _register() -> None:
+    from harness.models.sd3 import SD3Config
+
+    BACKBONES.register("toy_mmdit", Spec(
+        SD3Config, build=build_toy_backbone,
+        defaults={"name": "toy_mmdit", "path": "", "ref_modulation": "clean", "shift": 1.0},
+        help="built-in world: tiny pixel-space SD3 MMDiT pretrained by the harness (path '' = the built-in one)"))
+    CRITICS.register("toy_llava", Spec(ToyLlavaConfig, build=build_toy_critic,
+                                       help="built-in world: tiny LLaVA (SigLIP + Qwen2) critic, sizes small/medium/large"))
+
+
+_register()
+
+__all__ = ["PRETRAINED", "ToyLlavaConfig", "build_toy_backbone", "build_toy_critic", "cache_root", "critic_pool",
+           "critic_recipe", "ensure_critic", "ensure_teacher", "locate", "teacher_recipe", "world_dataset", "world_of"]

@@ -1,0 +1,201 @@
+"""The built-in world's assets: recipe-keyed cache, shipped copies, registry entries, datasets,
+the pretraining command, and the package data that ships the weights."""
+from __future__ import annotations
+
+import fnmatch
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.config import from_dict
+from harness.registry import BACKBONES, CRITICS
+from harness.toyworld import assets
+from harness.toyworld import critics as C
+from harness.toyworld import teacher as T
+from harness.toyworld.pretrain import read_recipe, recipe_hash
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_teacher(**kw) -> T.TeacherRecipe:
+    base = dict(num_layers=1, num_attention_heads=2, attention_head_dim=8, text_hidden_size=16, text_layers=2,
+                steps=2, batch_size=4, ema_decay=0.0, save_dtype="float32")
+    return T.TeacherRecipe(**{**base, **kw})
+
+
+def tiny_critic(**kw) -> C.CriticRecipe:
+    arch = C.CriticArch(vision_dim=16, vision_layers=1, vision_heads=2, text_dim=16, text_layers=1, text_heads=2)
+    data = C.CriticDataRecipe(p_teacher=0.0, teacher_bank=0, pairs=16)
+    return C.CriticRecipe(**{**dict(size="small", arch=arch, data=data, steps=2, batch_pairs=4), **kw})
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPEDIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache keyed by recipe hash
+
+
+def test_cache_hits_the_same_recipe_and_misses_a_changed_one(cache, monkeypatch):
+    calls = []
+    real = T.train_teacher
+
+    def counting(recipe, folder, **kw):
+        calls.append(recipe_hash(recipe))
+        return real(recipe, folder, **kw)
+
+    monkeypatch.setattr(T, "train_teacher", counting)
+    a = assets.ensure_teacher(tiny_teacher(), progress=False)
+    assert a == cache / "toyworld" / f"teacher-{recipe_hash(tiny_teacher())}"
+    assert read_recipe(a)["hash"] == recipe_hash(tiny_teacher()) and calls == [recipe_hash(tiny_teacher())]
+    assert assets.ensure_teacher(tiny_teacher(), progress=False) == a and len(calls) == 1  # hit
+    b = assets.ensure_teacher(tiny_teacher(lr=5e-4), progress=False)  # another recipe: miss
+    assert b != a and len(calls) == 2
+    assert assets.ensure_teacher(tiny_teacher(), force=True, progress=False) == a and len(calls) == 3
+
+
+def test_critic_cache_and_shared_training_examples(cache, monkeypatch):
+    built = []
+    real = C.build_pool
+    monkeypatch.setattr(C, "build_pool", lambda *a, **k: built.append(1) or real(*a, **k))
+    small = assets.ensure_critic(recipe=tiny_critic(), progress=False)
+    assert small.name == f"critic-small-{recipe_hash(tiny_critic())}" and len(built) == 1
+    other = assets.ensure_critic(recipe=tiny_critic(steps=3), progress=False)  # same data: pool reused
+    assert other != small and len(built) == 1
+    assert assets.ensure_critic(recipe=tiny_critic(), progress=False) == small
+
+
+def test_hash_ignores_nothing_that_changes_the_weights():
+    r = T.TeacherRecipe()
+    assert recipe_hash(r) == recipe_hash(T.TeacherRecipe())
+    for change in ({"steps": r.steps + 1}, {"p_uncond": 0.2}, {"save_dtype": "float32"}):
+        assert recipe_hash(T.TeacherRecipe(**change)) != recipe_hash(r)
+    # a critic trained on teacher samples is keyed by its teacher too; one trained without is not
+    with_samples = C.CriticRecipe(data=C.CriticDataRecipe(p_teacher=0.1, teacher_hash="abc"))
+    assert recipe_hash(with_samples) != recipe_hash(C.CriticRecipe(data=C.CriticDataRecipe(p_teacher=0.1, teacher_hash="abd")))
+    default = C.default_critic_recipe("large", "abc")
+    assert (default.data.teacher_hash == "abc") == (default.data.p_teacher > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped copies
+
+
+def test_the_shipped_models_are_those_of_the_current_recipes(cache):
+    """ensure_* find the shipped copies (no training, nothing written to the cache)."""
+    assert assets.locate(assets.TEACHER, assets.teacher_recipe()) == assets.PRETRAINED / "teacher"
+    for size in C.SIZES:
+        r = assets.critic_recipe(size)
+        assert r.data.teacher_hash == (recipe_hash(assets.teacher_recipe()) if r.data.p_teacher > 0 else "")
+        assert assets.ensure_critic(size) == assets.PRETRAINED / assets.critic_name(size)
+    assert assets.ensure_teacher() == assets.PRETRAINED / "teacher"
+    assert not cache.exists()
+
+
+def test_shipped_files_are_small_half_precision_and_package_data():
+    files = [p for p in assets.PRETRAINED.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 20 * 2**20
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["*"]
+    unshipped = [str(p.relative_to(assets.PRETRAINED)) for p in files if not any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
+    assert not unshipped, f"pyproject package-data misses {unshipped}"
+    from safetensors import safe_open
+
+    for p in files:
+        if p.suffix == ".safetensors":
+            with safe_open(p, "pt") as f:
+                assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}, p
+    summary = json.loads((assets.PRETRAINED / "recipe.json").read_text())
+    assert summary["models"]["teacher"]["hash"] == recipe_hash(assets.teacher_recipe())
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry entries
+
+
+def test_toy_backbone_entry_builds_the_shipped_teacher_and_other_folders(tmp_path):
+    from harness.models.sampler import few_step_sample
+    from harness.models.sd3 import SD3Backbone, SD3Config
+
+    spec = BACKBONES.get("toy_mmdit")
+    cfg = from_dict(spec.config, {**spec.defaults, "name": "toy_mmdit"})
+    assert isinstance(cfg, SD3Config) and cfg.path == "" and cfg.shift == 1.0
+    bb = spec.build(cfg)
+    assert isinstance(bb, SD3Backbone) and bb.image_size == 32 and bb.latent_shape() == (3, 32, 32)
+    y = torch.rand(2, 3, 32, 32) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        out = few_step_sample(bb.make_denoiser(trainable=False), bb.encode_text(["make the red circle blue", "do nothing"]),
+                              bb.encode_image(y), torch.randn(2, 3, 32, 32, generator=g), steps=2)
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+    other = T.build_initial_folder(tmp_path / "other", tiny_teacher())
+    bb2 = spec.build(from_dict(spec.config, {**spec.defaults, "path": str(other)}))
+    assert bb2.transformer.config.num_layers == 1
+
+
+def test_toy_critic_entry_builds_every_size():
+    from harness.models.critic import VLMCritic
+    from methods.questions import questions_for
+
+    spec = CRITICS.get("toy_llava")
+    q = questions_for("color", "make the red circle blue", "red circle")
+    y = torch.rand(1, 3, 32, 32) * 2 - 1
+    for size in C.SIZES:
+        critic = spec.build(from_dict(spec.config, {"name": "toy_llava", "size": size}))
+        assert isinstance(critic, VLMCritic)
+        yn = critic.yes_no_logits(critic.next_token_logits([x.text for x in q], y, y))
+        assert yn.shape == (2, 2) and torch.isfinite(yn).all()
+    with pytest.raises(Exception, match="allowed"):
+        from_dict(spec.config, {"name": "toy_llava", "size": "huge"})
+
+
+def test_run_config_names_them():
+    from harness.runconfig import RunConfig
+
+    cfg = from_dict(RunConfig, {"model": {"backbone": "toy_mmdit", "critic": {"name": "toy_llava", "size": "medium"}}})
+    assert cfg.model.backbone.name == "toy_mmdit" and cfg.model.critic.size == "medium"
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and the command
+
+
+def test_world_dataset_is_built_once_over_the_training_split(cache, monkeypatch):
+    from harness.data.instructions import read_instructions
+    from harness.runconfig import RunConfig
+    from harness.toyworld.dataset import read_pair_scenes
+    from harness.toyworld.scenes import split_of
+
+    monkeypatch.setattr(assets, "DATASET_REFS", 12)
+    inst, pairs = assets.world_dataset(RunConfig())
+    assert inst.parent == pairs.parent and str(inst).startswith(str(cache))
+    records = read_instructions(inst)
+    assert len(records) == 24
+    world = assets.world_of(RunConfig())
+    assert all(split_of(src, world) == "train" for src, _ in read_pair_scenes(pairs).values())
+    stamp = (inst / "dataset.json").stat().st_mtime_ns
+    assert assets.world_dataset(RunConfig()) == (inst, pairs)
+    assert (inst / "dataset.json").stat().st_mtime_ns == stamp
+
+
+def test_pretrain_command_builds_into_a_folder(tmp_path, cache, monkeypatch):
+    from harness.toyworld.__main__ import main
+
+    monkeypatch.setattr(assets, "teacher_recipe", lambda: tiny_teacher())
+    monkeypatch.setattr(assets, "critic_recipe", lambda size: tiny_critic(size=size))
+    assert main(["pretrain", "--out", str(tmp_path / "out"), "--sizes", "small,large", "--jobs", "1"]) == 0
+    out = tmp_path / "out"
+    assert read_recipe(out / "teacher")["hash"] == recipe_hash(tiny_teacher())
+    assert read_recipe(out / "critic-large")["recipe"]["size"] == "large"
+    summary = json.loads((out / "recipe.json").read_text())
+    assert set(summary["models"]) == {"teacher", "critic-small", "critic-large"}
+    assert set(summary["pretrain"]["wall_s"]) == {"teacher", "critic-small", "critic-large"}
+    assert len(summary["pretrain"]["runs"]) == 1
+    stamp = (out / "teacher" / "recipe.json").stat().st_mtime_ns
+    assert main(["pretrain", "--only", "teacher", "--out", str(out), "--jobs", "1"]) == 0  # present: not rebuilt
+    assert (out / "teacher" / "recipe.json").stat().st_mtime_ns == stamp

@@ -1,0 +1,222 @@
+"""The built-in world's critics: ground-truth answers, degraded candidates, the training path, a
+short training run, saving/reloading, and the shipped critics' held-out accuracy."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from harness.models.llava import LlavaCriticConfig, load_llava_critic
+from harness.toyworld import critics as C
+from harness.toyworld.edits import Edit, sample_edit, supported_edit_types
+from harness.toyworld.parse import parse
+from harness.toyworld.scenes import Obj, Scene, WorldConfig, sample_scene
+from methods.questions import questions_for
+
+WORLD = WorldConfig()
+TINY = C.CriticArch(vision_dim=16, vision_layers=1, vision_heads=2, text_dim=16, text_layers=1, text_heads=2)
+
+
+def rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(list(key))
+
+
+def answers(edit: Edit, shown: Scene) -> dict[str, bool]:
+    return {qa.kind: qa.answer for qa in C.questions(edit, shown)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth
+
+
+@pytest.mark.parametrize("edit_type", supported_edit_types(WORLD))
+def test_correct_and_noop_candidates_get_the_papers_answers(edit_type):
+    """A clean correct edit gets exactly the answers methods.questions expects of a correct edit;
+    the unedited input fails the edit question and passes the identity question."""
+    for i in range(15):
+        e = sample_edit(rng(1, i), WORLD, edit_type, split="train")
+        expected = [q.answer == "Yes" for q in questions_for(e.edit_type, e.instruction, e.object)]
+        qas = C.questions(e, e.target)
+        assert [qa.answer for qa in qas] == expected
+        assert [qa.text for qa in qas] == [q.text for q in questions_for(e.edit_type, e.instruction, e.object)]
+        noop = answers(e, e.source)
+        if edit_type == "customization":
+            assert noop == {"custom_context": False, "custom_identity": True}
+        elif edit_type == "remove":
+            assert noop == {"removal": True, "identity": True}
+        else:
+            assert noop == {"edit": False, "identity": True}
+
+
+def _scene(*objs: Obj, bg: str = "white", style: str = "filled") -> Scene:
+    return Scene(bg, style, tuple(objs))
+
+
+def test_answers_on_hand_built_candidates():
+    red = Obj("circle", "red", "large", 0, "solid", id=0)
+    blue_sq = Obj("square", "blue", "small", 4, "striped", id=1)
+    src = _scene(red, blue_sq)
+    target = _scene(replace(red, color="green"), blue_sq)
+    e = Edit("color", "make the red circle green", "red circle", src, target)
+    assert answers(e, target) == {"edit": True, "identity": True}
+    # wrong colour: the instruction is not executed, but nothing else changed
+    assert answers(e, _scene(replace(red, color="yellow"), blue_sq)) == {"edit": False, "identity": True}
+    # the right colour plus the square moved: executed, identity broken
+    assert answers(e, _scene(replace(red, color="green"), replace(blue_sq, pos=8))) == {"edit": True, "identity": False}
+    # the right colour plus an extra object: identity broken
+    extra = Obj("triangle", "purple", "small", 2, id=2)
+    assert answers(e, _scene(replace(red, color="green"), blue_sq, extra)) == {"edit": True, "identity": False}
+
+    rm = Edit("remove", "remove the blue square", "blue square", src, _scene(red))
+    assert answers(rm, _scene(red)) == {"removal": False, "identity": True}
+    assert answers(rm, _scene(blue_sq)) == {"removal": True, "identity": False}  # removed the wrong one
+
+    one = _scene(Obj("diamond", "orange", "small", 4, "striped", id=0), bg="gray")
+    moved = _scene(Obj("diamond", "orange", "small", 6, "striped", id=0), bg="black")
+    cu = Edit("customization", "Generate the main object ...", "orange diamond", one, moved)
+    assert answers(cu, moved) == {"custom_context": True, "custom_identity": True}
+    assert answers(cu, _scene(Obj("diamond", "orange", "small", 6, "solid", id=0), bg="black")) == \
+        {"custom_context": True, "custom_identity": False}  # another texture
+    assert answers(cu, _scene(Obj("circle", "orange", "small", 6, "striped", id=0), bg="black")) == \
+        {"custom_context": False, "custom_identity": False}  # not the same object
+
+
+def test_candidate_kinds_earn_both_answers_for_every_question_kind():
+    pool = C.build_pool(C.CriticDataRecipe(p_teacher=0.0), 600, seed=3)
+    for kind in C.KINDS:
+        labels = [qa.answer for qs in pool.qas for qa in qs if qa.kind == kind]
+        assert len(labels) > 20 and 0.2 < np.mean(labels) < 0.85, (kind, len(labels), np.mean(labels))
+    assert {"clean", "degraded"} <= set(pool.source)
+    for src, cand, qs, ck in zip(pool.source, pool.cands, pool.qas, pool.candidate):
+        if src == "clean" and ck == "correct":
+            assert all(qa.answer == (qa.kind not in ("removal",)) for qa in qs)
+
+
+def test_degraded_candidates_are_labelled_by_what_they_show():
+    """Mild degradations keep the scene the parser reads (so labels stay those of the clean
+    scene); a label always follows the parse of the degraded image."""
+    same = {k: [] for k in C.DEGRADATIONS}
+    for i in range(60):
+        scene = sample_scene(rng(5, i), WORLD, split="train")
+        for k in C.DEGRADATIONS:
+            img = C.degrade(scene, WORLD, rng(6, i), kind=k)
+            assert img.dtype == np.uint8 and img.shape == (32, 32, 3)
+            same[k].append(parse(img, WORLD).same_as(scene))
+    for k, share in (("shift", 0.85), ("colors", 0.85), ("noise", 0.85), ("blur", 0.7)):
+        assert np.mean(same[k]) > share, (k, np.mean(same[k]))
+    assert np.mean(same["partial"]) < 1.0  # partly drawn shapes do change what some candidates show
+
+
+def test_critic_vocabulary_spells_every_question():
+    from harness.models.tiny import save_tiny_llava
+
+    vocab = C.critic_vocabulary(WORLD)
+    folder = save_tiny_llava(pytest.importorskip("tempfile").mkdtemp() + "/c", vocab=vocab, image_size=48, patch_size=16)
+    from transformers import AutoProcessor
+
+    tok = AutoProcessor.from_pretrained(folder).tokenizer
+    for t in supported_edit_types(WORLD):
+        for i in range(10):
+            e = sample_edit(rng(7, i), WORLD, t)
+            for qa in C.questions(e, e.target):
+                assert tok.unk_token_id not in tok(qa.text)["input_ids"], qa.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and storage
+
+
+def tiny_recipe(**kw) -> C.CriticRecipe:
+    data = C.CriticDataRecipe(p_teacher=0.0, teacher_bank=0, pairs=64)
+    base = dict(size="small", arch=TINY, data=data, steps=40, batch_pairs=8, lr=3e-3, warmup_steps=5, save_dtype="float32")
+    return C.CriticRecipe(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def small_pool():
+    return C.build_pool(C.CriticDataRecipe(p_teacher=0.0), 64, seed=11)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_pool):
+    folder = tmp_path_factory.mktemp("critic") / "critic-small"
+    C.train_critic(tiny_recipe(), folder, small_pool, progress=False)
+    return folder
+
+
+def test_training_path_is_the_inference_path(tmp_path, small_pool):
+    """answer_logits (gradients into both images) equals VLMCritic.next_token_logits."""
+    folder = C.build_initial_folder(tmp_path / "init", tiny_recipe())
+    critic = C.trainable_critic(folder)
+    pairs = [0, 3, 5]
+    images, texts, cand, ref, _, flat = C.batch_inputs(small_pool, pairs)
+    ours = C.answer_logits(critic, texts, images, cand, ref)
+    theirs = critic.next_token_logits(texts, images[len(pairs):], images[: len(pairs)], [c - len(pairs) for c in cand],
+                                      ref_mask=[r is not None for r in ref])
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    ours.sum().backward()
+    patch = next(p for n, p in critic.model.named_parameters() if n.endswith("patch_embedding.weight"))
+    assert patch.grad is not None and patch.grad.abs().sum() > 0
+
+
+def test_short_training_lowers_the_loss(trained, small_pool):
+    from harness.toyworld.pretrain import read_recipe
+
+    curve = read_recipe(trained)["train"]["loss_curve"]
+    assert len(curve) == 1  # one window of 40 steps: compare the loss before and after instead
+    init = C.trainable_critic(C.build_initial_folder(trained.parent / "init2", tiny_recipe()))
+    after = C.trainable_critic(trained)
+    with torch.no_grad():
+        pairs = list(range(32))
+        assert float(C.answer_loss(after, small_pool, pairs)) < 0.7 * float(C.answer_loss(init, small_pool, pairs))
+
+
+def test_saved_critic_reloads_and_answers_identically(trained, small_pool):
+    a = load_llava_critic(LlavaCriticConfig(path=str(trained)))
+    b = load_llava_critic(LlavaCriticConfig(path=str(trained)))
+    live = C.trainable_critic(trained)
+    pairs = [1, 2, 4, 8]
+    images, texts, cand, ref, _, _ = C.batch_inputs(small_pool, pairs)
+    n = len(pairs)
+    args = (texts, images[n:], images[:n], [c - n for c in cand])
+    la = a.next_token_logits(*args, ref_mask=[r is not None for r in ref])
+    torch.testing.assert_close(la, b.next_token_logits(*args, ref_mask=[r is not None for r in ref]), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(la, C.answer_logits(live, texts, images, cand, ref), rtol=1e-5, atol=1e-5)
+
+
+def test_training_resumes_exactly(tmp_path, small_pool):
+    r = tiny_recipe(steps=6)
+    C.train_critic(r, tmp_path / "full", small_pool, progress=False)
+    assert C.train_critic(r, tmp_path / "split", small_pool, progress=False, stop_after=3) is None
+    C.train_critic(r, tmp_path / "split", small_pool, progress=False)
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "split" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped critics
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: the shipped critics answer ~63% of clean held-out questions, "
+                                      "not rising with size. Remove this marker when a recipe meets the bar.")
+def test_shipped_critics_answer_held_out_questions_better_with_size():
+    """On held-out (test-split) clean pairs, accuracy rises with size and the large critic is > 90%."""
+    from harness.toyworld import assets
+
+    pool = C.build_pool(C.CriticDataRecipe(p_teacher=0.0), 160, split="test", seed=7, p_degraded=0.0)
+    acc = {}
+    for size in C.SIZES:
+        folder = assets.locate(assets.critic_name(size), assets.critic_recipe(size))
+        assert folder is not None and folder.parent == assets.PRETRAINED, \
+            f"no shipped {size} critic for the current recipe: run `python -m harness.toyworld pretrain --out harness/toyworld/pretrained`"
+        critic = load_llava_critic(LlavaCriticConfig(path=str(folder)))
+        acc[size] = C.accuracy_table(C.predictions(critic, pool))["clean"]["all"]
+    assert acc["small"] < acc["medium"] < acc["large"], acc
+    assert acc["large"] > 0.9, acc
