@@ -157,9 +157,17 @@ preemption = _Preemption()
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """Runs (or resumes) one run folder: train, export, evaluate."""
+    """Runs (or resumes) one run folder: train, export, evaluate, with `threads` CPU threads (the
+    launcher's cpus_per_task; 0 = torch's default, every core of the machine)."""
+
+    def __init__(self, threads: int = 0):
+        self.threads = threads
 
     def __call__(self, run_dir: str) -> str:
+        if self.threads > 0:
+            import torch
+
+            torch.set_num_threads(min(self.threads, os.cpu_count() or self.threads))
         setup_distributed()
         preemption.install()
         from harness.train import run
@@ -169,7 +177,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, run_dir: str) -> submitit.helpers.DelayedSubmission:
         # A fresh job object: the requeued job resumes from what the run folder holds.
-        return submitit.helpers.DelayedSubmission(RunJob(), run_dir)
+        return submitit.helpers.DelayedSubmission(RunJob(self.threads), run_dir)
 
 
 def setup_distributed() -> None:

@@ -318,7 +318,7 @@ def launch(sweep: Sweep, planned: list[PlannedRun], *, cluster: str | None = Non
             if waiting:
                 print(f"  {len(waiting)} runs wait for runs still in progress: run the same command again later", file=out)
             break
-        _submit(sweep, ready, states, cluster)
+        _submit_all(sweep, ready, states, cluster, wait=wait, progress=progress, out=out)
         launched += ready
         if waiting and not wait:
             print(f"  {len(waiting)} runs wait for these: run the same command again once they are done", file=out)
@@ -330,6 +330,19 @@ def launch(sweep: Sweep, planned: list[PlannedRun], *, cluster: str | None = Non
     return launched
 
 
+def _submit_all(sweep: Sweep, todo: list[PlannedRun], states: dict[str, str], cluster: str, *, wait: bool,
+                progress: bool | None, out) -> None:
+    """SLURM throttles a job array itself (array_parallelism); local processes have no scheduler, so
+    the runs go in groups of array_parallelism, each started when the one before it has finished
+    (all at once with --no-wait, which cannot stay to start the next group)."""
+    group = sweep.cfg.launcher.array_parallelism if cluster == "local" and wait else len(todo)
+    for i in range(0, len(todo), max(1, group)):
+        part = todo[i : i + group]
+        _submit(sweep, part, states, cluster)
+        if i + group < len(todo):
+            wait_for(part, progress=progress, out=out)
+
+
 def _submit(sweep: Sweep, todo: list[PlannedRun], states: dict[str, str], cluster: str) -> None:
     if todo:
         for pr in todo:
@@ -338,7 +351,7 @@ def _submit(sweep: Sweep, todo: list[PlannedRun], states: dict[str, str], cluste
                 pr.dir.error_path.unlink(missing_ok=True)
             pr.dir.set_status("queued")
         executor = make_executor(sweep.root / ".submitit", sweep.cfg.launcher, cluster=cluster, name=sweep.cfg.name)
-        jobs = executor.map_array(RunJob(), [str(pr.dir.path) for pr in todo])
+        jobs = executor.map_array(RunJob(threads=sweep.cfg.launcher.cpus_per_task), [str(pr.dir.path) for pr in todo])
         for pr, job in zip(todo, jobs):
             atomic_write_json(pr.dir.path / "job.json", {"cluster": cluster, "job_id": str(job.job_id),
                                                          "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})

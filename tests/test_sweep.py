@@ -26,7 +26,7 @@ def final_w(rd: RunDir) -> list[float]:
 
 def starts(rd: RunDir) -> int:
     p = rd.path / "starts.log"
-    return len(p.read_text().split()) if p.exists() else 0
+    return len(p.read_text().splitlines()) if p.exists() else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +131,20 @@ def test_local_and_debug_executors_agree_and_reruns_do_nothing(tmp_path):
     rd = next(iter(S.expand(S.load_sweep(path, tmp_path / "debug")))).dir
     losses = [r["loss"] for r in rd.read_metrics()]
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_local_runs_respect_array_parallelism_and_cpus_per_task(tmp_path):
+    """Local processes have no scheduler: with array_parallelism 1 the runs go one after another,
+    each with cpus_per_task torch threads."""
+    path = fit_sweep(tmp_path, grid={"method.lr": [0.05, 0.1, 0.2]}, overrides={"method.step_seconds": 0.05},
+                     launcher={"array_parallelism": 1, "cpus_per_task": 1})
+    sw = S.load_sweep(path, tmp_path / "runs")
+    planned = S.expand(sw)
+    S.launch(sw, planned, cluster="local", out=io.StringIO(), progress=False)
+    assert [S.run_state(p.dir) for p in planned] == ["done"] * 3
+    spans = sorted((os.stat(p.dir.path / "starts.log").st_mtime, os.stat(p.dir.result_path).st_mtime) for p in planned)
+    assert all(nxt[0] >= prev[1] for prev, nxt in zip(spans, spans[1:])), spans
+    assert all((p.dir.path / "starts.log").read_text().split()[1] == "threads=1" for p in planned)
 
 
 def test_failed_runs_keep_traceback_and_relaunch_only_with_retry(tmp_path, capsys):

@@ -55,7 +55,7 @@ class FitMethod:
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.rd = rd
         with open(rd.path / "starts.log", "a") as f:  # lets tests count (re)starts
-            f.write(f"{os.getpid()}\n")
+            f.write(f"{os.getpid()} threads={torch.get_num_threads()}\n")
 
     def train_step(self, step):
         if step == self.mcfg.fail_at_step and (not self.mcfg.fail_if_file or os.path.exists(self.mcfg.fail_if_file)):
