@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slurm
 
 def starts(rd: RunDir) -> int:
     p = rd.path / "starts.log"
-    return len(p.read_text().split()) if p.exists() else 0
+    return len(p.read_text().splitlines()) if p.exists() else 0
 
 
 def final_w(rd: RunDir) -> list[float]:
