@@ -115,14 +115,20 @@ def ensure_teacher(recipe: Any = None, *, root: Path | None = None, force: bool 
     from harness.toyworld.teacher import train_teacher
 
     recipe = recipe or teacher_recipe()
-    if not force and (found := locate(TEACHER, recipe, root=root)) is not None:
+    return _ensure(TEACHER, recipe, root, force, lambda folder: train_teacher(recipe, folder, progress=progress))
+
+
+def _ensure(name: str, recipe: Any, root: Path | None, force: bool, build: Any) -> Path:
+    """The folder of model `name` for `recipe`: found, or built by `build(folder)` under a file lock
+    (a process that waited on the lock finds what the other one built)."""
+    if not force and (found := locate(name, recipe, root=root)) is not None:
         return found
-    folder = target_folder(TEACHER, recipe, root)
+    folder = target_folder(name, recipe, root)
     with _lock(folder):
-        if not force and (found := locate(TEACHER, recipe, root=root)) is not None:
+        if not force and (found := locate(name, recipe, root=root)) is not None:
             return found
-        _announce(TEACHER, recipe, folder)
-        train_teacher(recipe, folder, progress=progress)
+        _announce(name, recipe, folder)
+        build(folder)
     return folder
 
 
@@ -171,16 +177,9 @@ def ensure_critic(size: str = "large", recipe: Any = None, *, root: Path | None 
     from harness.toyworld.critics import train_critic
 
     recipe = recipe or critic_recipe(size)
-    name = critic_name(recipe.size)
-    if not force and (found := locate(name, recipe, root=root)) is not None:
-        return found
-    folder = target_folder(name, recipe, root)
-    with _lock(folder):
-        if not force and (found := locate(name, recipe, root=root)) is not None:
-            return found
-        _announce(name, recipe, folder)
-        train_critic(recipe, folder, critic_pool(recipe, root=root, progress=progress), progress=progress)
-    return folder
+    return _ensure(critic_name(recipe.size), recipe, root, force,
+                   lambda folder: train_critic(recipe, folder, critic_pool(recipe, root=root, progress=progress),
+                                               progress=progress))
 
 
 # ---------------------------------------------------------------------------------------------

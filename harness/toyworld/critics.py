@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from harness.toyworld import text as T
 from harness.toyworld.edits import Edit, make_edit, sample_edit, supported_edit_types
-from harness.toyworld.parse import parse
+from harness.toyworld.parse import parse, shift_mask
 from harness.toyworld.render import object_mask, render
 from harness.toyworld.scenes import PALETTE, Scene, WorldConfig, sample_scene
 
@@ -300,15 +300,6 @@ def candidate_scene(edit: Edit, kind: str, rng: np.random.Generator, world: Worl
     return e.target if e is not None else sample_scene(rng, world, split=split)
 
 
-def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """The mask moved by (dy, dx) pixels; what leaves the image is dropped."""
-    out = np.zeros_like(mask)
-    h, w = mask.shape
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
-        mask[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
-    return out
-
-
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of an (H, W, C) float image (separable, edges replicated)."""
     r = max(1, int(np.ceil(3 * sigma)))
@@ -330,7 +321,7 @@ def _shifted_render(scene: Scene, world: WorldConfig, rng: np.random.Generator) 
         dy, dx = (0, 0)
         while i == moved and (dy, dx) == (0, 0):
             dy, dx = (int(v) for v in rng.integers(-2, 3, size=2))
-        img[_shift(object_mask(obj, scene.style, world), dy, dx)] = PALETTE[obj.color]
+        img[shift_mask(object_mask(obj, scene.style, world), dy, dx)] = PALETTE[obj.color]
     return img
 
 

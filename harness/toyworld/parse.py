@@ -57,7 +57,7 @@ def snap(img: np.ndarray, cfg: WorldConfig) -> np.ndarray:
 _Candidates = tuple[list[tuple[str, str, int, str]], np.ndarray, np.ndarray]
 
 
-def _shift(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
+def shift_mask(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """The mask moved by (dy, dx) pixels; what leaves the image is dropped."""
     out = np.zeros_like(mask)
     h, w = mask.shape
@@ -79,7 +79,7 @@ def _candidates(size: int, grid: int, sides: tuple[tuple[str, int], ...], shapes
                     for pattern in patterns if style == "filled" else ("solid",):
                         mask = object_pixels(size, grid, side, shape, pos, pattern, style)
                         attrs.append((shape, size_name, pos, pattern))
-                        masks.append(_shift(mask, dy, dx).ravel())
+                        masks.append(shift_mask(mask, dy, dx).ravel())
     stacked = np.stack(masks)
     return attrs, stacked, stacked.sum(1)
 
