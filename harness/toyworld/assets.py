@@ -24,9 +24,6 @@ from harness.registry import BACKBONES, CRITICS, Spec
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 TEACHER = "teacher"
 
-# Rough pretraining times on 2 laptop CPU cores, for the message shown before a cache miss trains.
-_ROUGH_MINUTES = {"teacher": 12, "critic-small": 3, "critic-medium": 5, "critic-large": 9}
-
 # The world's training datasets (NP-Edit instructions, SFT pairs): training-split scenes only.
 DATASET_REFS = 3000
 DATASET_EDITS_PER_REF = 2
@@ -103,7 +100,7 @@ def _announce(name: str, recipe: Any, folder: Path) -> None:
 
     shipped = read_recipe(PRETRAINED / name)
     took = (shipped or {}).get("train", {}).get("seconds")
-    rough = f"about {max(1, round(took / 60))} min" if took else f"roughly {_ROUGH_MINUTES.get(name, 10)} min"
+    rough = f"the shipped one took {max(1, round(took / 60))} min" if took else "no time measured yet"
     why = (f"the shipped one was made by recipe {shipped['hash']}" if shipped else "none is shipped")
     log(f"{name}: no pretrained copy of recipe {recipe_hash(recipe)} ({why}); pretraining it now into {folder} "
         f"({rough} on 2 CPU cores; cached for every later run)")
