@@ -88,8 +88,9 @@ def draw_plot(plot: Plot, df: pd.DataFrame) -> Figure:
         sns.barplot(frame, x="x", y="value", hue="hue_label", order=x_order, hue_order=label_order,
                     palette=palette, errorbar=errorbar, saturation=1.0, err_kws={"linewidth": 1}, ax=ax)
         ax.set_xticks(range(len(x_order)), [x_labels.get(x, x) for x in x_order])
-        if len(x_order) > 6:
-            ax.tick_params(axis="x", labelrotation=30)
+        if len(x_order) > 6:  # rotated labels anchored at their end, so long ones do not overlap
+            for label in ax.get_xticklabels():
+                label.set(rotation=35, ha="right", rotation_mode="anchor")
     else:
         numeric = all(sort_key(x)[0] == 0 for x in x_order)
         if numeric:
