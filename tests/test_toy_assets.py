@@ -196,6 +196,21 @@ def test_pretrain_command_builds_into_a_folder(tmp_path, cache, monkeypatch):
     assert set(summary["models"]) == {"teacher", "critic-small", "critic-large"}
     assert set(summary["pretrain"]["wall_s"]) == {"teacher", "critic-small", "critic-large"}
     assert len(summary["pretrain"]["runs"]) == 1
+    assert summary["pretrain"]["runs"][0]["device"] == "cpu"
+    assert read_recipe(out / "teacher")["train"]["device"] == read_recipe(out / "critic-small")["train"]["device"] == "cpu"
     stamp = (out / "teacher" / "recipe.json").stat().st_mtime_ns
     assert main(["pretrain", "--only", "teacher", "--out", str(out), "--jobs", "1"]) == 0  # present: not rebuilt
     assert (out / "teacher" / "recipe.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("device, says", [("tpu9", "--device"), ("cuda", "no CUDA device")])
+def test_pretrain_command_refuses_a_device_it_cannot_use(device, says, capsys, cache):
+    from harness.toyworld.__main__ import main
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--device", device])
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not cache.exists()  # refused before building anything

@@ -106,13 +106,14 @@ def _announce(name: str, recipe: Any, folder: Path) -> None:
         f"({rough} on 2 CPU cores; cached for every later run)")
 
 
-def ensure_teacher(recipe: Any = None, *, root: Path | None = None, force: bool = False, progress: bool = True) -> Path:
-    """The pretrained teacher's SD3 folder (built on first use). `root`: build/look only there
-    (e.g. the package's pretrained/ folder when shipping); `force`: rebuild even if present."""
+def ensure_teacher(recipe: Any = None, *, root: Path | None = None, force: bool = False, progress: bool = True,
+                   device: Any = None) -> Path:
+    """The pretrained teacher's SD3 folder (built on first use, on `device`). `root`: build/look only
+    there (e.g. the package's pretrained/ folder when shipping); `force`: rebuild even if present."""
     from harness.toyworld.teacher import train_teacher
 
     recipe = recipe or teacher_recipe()
-    return _ensure(TEACHER, recipe, root, force, lambda folder: train_teacher(recipe, folder, progress=progress))
+    return _ensure(TEACHER, recipe, root, force, lambda folder: train_teacher(recipe, folder, progress=progress, device=device))
 
 
 def _ensure(name: str, recipe: Any, root: Path | None, force: bool, build: Any) -> Path:
@@ -169,14 +170,14 @@ def critic_pool(recipe: Any, *, root: Path | None = None, part: str = "all", pro
 
 
 def ensure_critic(size: str = "large", recipe: Any = None, *, root: Path | None = None, force: bool = False,
-                  progress: bool = True) -> Path:
-    """The pretrained critic's LLaVA folder of this size (built on first use)."""
+                  progress: bool = True, device: Any = None) -> Path:
+    """The pretrained critic's LLaVA folder of this size (built on first use, on `device`)."""
     from harness.toyworld.critics import train_critic
 
     recipe = recipe or critic_recipe(size)
     return _ensure(critic_name(recipe.size), recipe, root, force,
                    lambda folder: train_critic(recipe, folder, critic_pool(recipe, root=root, progress=progress),
-                                               progress=progress))
+                                               progress=progress, device=device))
 
 
 # ---------------------------------------------------------------------------------------------

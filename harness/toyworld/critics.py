@@ -631,7 +631,7 @@ class CellProbe(torch.nn.Module):
         if feats.shape[1] != len(self.world.positions):
             raise ValueError(f"the cell probe needs one image token per grid cell: {feats.shape[1]} tokens, "
                              f"{len(self.world.positions)} cells")
-        y = self.targets(scenes)
+        y = {k: v.to(feats.device) for k, v in self.targets(scenes).items()}
         feats = feats.float()
         losses = [F.cross_entropy(head(feats).flatten(0, 1), y[k].flatten()) for k, head in self.cells.items()]
         pooled = feats.mean(1)
@@ -640,9 +640,10 @@ class CellProbe(torch.nn.Module):
 
 
 def train_critic(recipe: CriticRecipe, folder: Path, pool: Pool, *, progress: bool = True,
-                 stop_after: int | None = None) -> Path | None:
+                 stop_after: int | None = None, device: str | torch.device | None = None) -> Path | None:
     """Train one critic on `pool` and write its LLaVA folder to `folder` atomically (recipe.json
-    beside the weights). Returns None when stopped early by `stop_after`."""
+    beside the weights). Returns None when stopped early by `stop_after`. `device`: where to train
+    (default CPU)."""
     from harness.models.tiny import write_folder_atomically
     from harness.toyworld import pretrain as P
 
@@ -652,9 +653,9 @@ def train_critic(recipe: CriticRecipe, folder: Path, pool: Pool, *, progress: bo
     init = work / "init"
     if not (init / "config.json").exists():
         build_initial_folder(init, recipe)
-    critic = trainable_critic(init)
+    critic = trainable_critic(init).to(torch.device(device or "cpu"))
     model = critic.model
-    probe = CellProbe(model.config.text_config.hidden_size, recipe.data.world)
+    probe = CellProbe(model.config.text_config.hidden_size, recipe.data.world).to(critic.device)
     named = list(model.named_parameters()) + [(f"probe.{n}", p) for n, p in probe.named_parameters()]
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
@@ -704,6 +705,7 @@ def train_critic(recipe: CriticRecipe, folder: Path, pool: Pool, *, progress: bo
         model.to(torch.float32)
         critic.processor.save_pretrained(tmp)
         P.write_recipe(tmp, "critic", recipe, {"train": {"steps": state.step, "seconds": round(state.elapsed_s, 1),
+                                                         "device": str(critic.device),
                                                          "loss_curve": [round(v, 5) for v in state.losses]}})
 
     write_folder_atomically(folder, fill)

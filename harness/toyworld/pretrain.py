@@ -84,7 +84,7 @@ class EMA:
         return {"shadow": self.shadow, "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+        self.shadow = {k: v.to(self.params[k].device, copy=True) for k, v in state["shadow"].items()}
         self.updates = int(state["updates"])
 
 
@@ -213,7 +213,7 @@ def threads(n: int | None) -> None:
 
 
 def _job(kind: str, size: str, out: Path | None, force: bool, progress: bool, threads_: int,
-         worker: bool = False) -> tuple[str, float]:
+         worker: bool = False, device: str | None = None) -> tuple[str, float]:
     """One pretraining job: 'teacher', 'pool' (the critics' examples that need no teacher) or
     'critic'. Returns (name, wall seconds). In a worker process progress goes to log lines."""
     global BARS
@@ -224,11 +224,11 @@ def _job(kind: str, size: str, out: Path | None, force: bool, progress: bool, th
         threads(threads_)
     t0 = time.monotonic()
     if kind == "teacher":
-        name, folder = "teacher", assets.ensure_teacher(root=out, force=force, progress=progress)
+        name, folder = "teacher", assets.ensure_teacher(root=out, force=force, progress=progress, device=device)
     elif kind == "pool":
         name, folder = "critic-data", assets.critic_pool(assets.critic_recipe(size), root=out, part="base", progress=progress)
     else:
-        name, folder = f"critic-{size}", assets.ensure_critic(size, root=out, force=force, progress=progress)
+        name, folder = f"critic-{size}", assets.ensure_critic(size, root=out, force=force, progress=progress, device=device)
     took = time.monotonic() - t0
     if kind != "pool":
         log(f"{name}: {folder} ({took / 60:.1f} min)")
@@ -236,12 +236,13 @@ def _job(kind: str, size: str, out: Path | None, force: bool, progress: bool, th
 
 
 def pretrain(only: str | None = None, *, force: bool = False, out: Path | None = None, sizes: tuple[str, ...] | None = None,
-             jobs: int = 2, threads_per_job: int = 1, progress: bool = True) -> dict[str, Any]:
+             jobs: int = 2, threads_per_job: int = 1, progress: bool = True, device: str | None = None) -> dict[str, Any]:
     """Build the teacher and/or the critics (in the cache, or in `out`, e.g. the package's
     pretrained/ folder when shipping), `jobs` at a time in worker processes of `threads_per_job`
     torch threads each (small models run faster as parallel single-threaded jobs than as one
     multi-threaded one): the teacher alongside the critics' teacher-free examples, then the
-    critics, largest first. Returns and prints wall times."""
+    critics, largest first. `device`: where the models train ('cuda' on a GPU; default CPU).
+    Returns and prints wall times."""
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
@@ -270,19 +271,19 @@ def pretrain(only: str | None = None, *, force: bool = False, out: Path | None =
         threads(threads_per_job)
         for stage in stages:
             for kind, size in stage:
-                name, took = _job(kind, size, out, force, progress, threads_per_job)
+                name, took = _job(kind, size, out, force, progress, threads_per_job, device=device)
                 times[name] = took
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             for stage in stages:
-                futures = [pool.submit(_job, kind, size, out, force, progress, threads_per_job, True)
+                futures = [pool.submit(_job, kind, size, out, force, progress, threads_per_job, True, device)
                            for kind, size in stage]
                 for f in futures:
                     name, took = f.result()
                     times[name] = took
     summary = {"wall_s": {k: round(v, 1) for k, v in times.items()}, "total_wall_s": round(time.monotonic() - start, 1),
-               "jobs": jobs, "threads_per_job": threads_per_job, "cpus": os.cpu_count(),
+               "jobs": jobs, "threads_per_job": threads_per_job, "cpus": os.cpu_count(), "device": device or "cpu",
                "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
     log(f"pretraining done in {summary['total_wall_s'] / 60:.1f} min wall ({jobs} jobs; load average "
         f"{summary['loadavg_start'][0]} at the start, {summary['loadavg_end'][0]} at the end, on {summary['cpus']} CPUs)")

@@ -177,10 +177,11 @@ def training_batch(recipe: TeacherRecipe, step: int) -> tuple[torch.Tensor, list
 
 
 def train_teacher(recipe: TeacherRecipe, folder: Path, *, progress: bool = True,
-                  stop_after: int | None = None) -> Path | None:
+                  stop_after: int | None = None, device: str | torch.device | None = None) -> Path | None:
     """Train the teacher and write its SD3 folder (EMA weights) to `folder` atomically, with
     recipe.json. Work files (checkpoint, untrained folder) live in `folder`'s sibling
-    `<name>.work` and are removed when done. Returns None when stopped early by `stop_after`."""
+    `<name>.work` and are removed when done. Returns None when stopped early by `stop_after`.
+    `device`: where to train (default CPU); batches and noise are drawn on the CPU either way."""
     from diffusers import SD3Transformer2DModel
     from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
@@ -196,8 +197,9 @@ def train_teacher(recipe: TeacherRecipe, folder: Path, *, progress: bool = True,
     init = work / "init"
     if not (init / "model_index.json").exists():
         build_initial_folder(init, recipe)
-    transformer = SD3Transformer2DModel.from_pretrained(init, subfolder="transformer", torch_dtype=torch.float32)
-    encoder = CLIPTextModelWithProjection.from_pretrained(init, subfolder="text_encoder", dtype=torch.float32)
+    device = torch.device(device or "cpu")
+    transformer = SD3Transformer2DModel.from_pretrained(init, subfolder="transformer", torch_dtype=torch.float32).to(device)
+    encoder = CLIPTextModelWithProjection.from_pretrained(init, subfolder="text_encoder", dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(init, subfolder="tokenizer")
     text = TextEncoder(encoder, tokenizer, transformer.config.joint_attention_dim)
     denoiser = SD3Denoiser(transformer, ref_modulation="shared")
@@ -214,7 +216,7 @@ def train_teacher(recipe: TeacherRecipe, folder: Path, *, progress: bool = True,
         else:
             t = torch.rand(x.shape[0], generator=g)
         noise = torch.randn(x.shape, generator=g)
-        loss = flow_loss(denoiser, x, t, noise, text(text.ids(captions)))
+        loss = flow_loss(denoiser, x.to(device), t.to(device), noise.to(device), text(text.ids(captions).to(device)))
         loss.backward()
         if recipe.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params.values(), recipe.grad_clip)
@@ -237,6 +239,7 @@ def train_teacher(recipe: TeacherRecipe, folder: Path, *, progress: bool = True,
             m.to(dtype).save_pretrained(tmp / name)
             m.to(torch.float32)
         P.write_recipe(tmp, "teacher", recipe, {"train": {"steps": state.step, "seconds": round(state.elapsed_s, 1),
+                                                          "device": str(device),
                                                           "loss_curve": [round(v, 5) for v in state.losses]}})
 
     write_folder_atomically(folder, fill)
