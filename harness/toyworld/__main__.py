@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default=",".join(SIZES), help=f"critic sizes (comma-separated; default {','.join(SIZES)})")
     p.add_argument("--jobs", type=int, default=2, help="models trained at a time, each in its own process (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
-    p.add_argument("--device", default="cpu", help="where the models train: cpu (default) or cuda[:N]")
+    p.add_argument("--device", default="cpu",
+                   help="where the models train: cpu (default; the shipped models were made there), cuda[:N], "
+                        "or auto (a GPU when there is one), as the trainer's train.device")
     e = sub.add_parser("evaluate", help="measure the current recipes' models")
     e.add_argument("--dir", type=Path, help="look for the models here (default: shipped copy, else cache)")
     e.add_argument("--captions", type=int, default=100, help="held-out captions per object count")
@@ -41,14 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pretrain":
         import torch
 
+        from harness.train import resolve_device
+
         try:
-            device = torch.device(args.device)
+            device = resolve_device(args.device)
         except RuntimeError as e:
             ap.error(f"--device: {e}")
         if device.type == "cuda" and not torch.cuda.is_available():
             ap.error(f"--device {args.device}: torch sees no CUDA device here")
         pretrain(args.only, force=args.force, out=args.out, sizes=sizes, jobs=args.jobs, threads_per_job=args.threads,
-                 device=args.device)
+                 device=str(device))
     else:
         threads(args.threads)
         report = evaluate(args.dir, n_captions=args.captions, n_pairs=args.pairs, sizes=sizes)
