@@ -243,6 +243,10 @@ def to_dict(obj: Any, *, for_hash: bool = False) -> Any:
         for f in fields(obj):
             if for_hash and f.metadata.get("hash") is False:
                 continue
+            # an option added after models or results were published: at its default it leaves
+            # their ids as they were, since the default reproduces what they were made with
+            if for_hash and f.metadata.get("hash") == "unless_default" and getattr(obj, f.name) == f.default:
+                continue
             out[f.name] = to_dict(getattr(obj, f.name), for_hash=for_hash)
         return out
     if isinstance(obj, (list, tuple)):

@@ -11,7 +11,7 @@ import torch
 from harness.config import from_dict
 from harness.models.base import Backbone, TextEmbedding
 from harness.models.sampler import euler_sample, few_step_sample
-from harness.models.sd3 import SD3Config, SD3Denoiser, ref_pos_embed
+from harness.models.sd3 import SD3Config, SD3Denoiser, pos_grid, ref_pos_embed, set_pos_spacing
 from harness.models.tiny import save_tiny_sd3
 from harness.registry import BACKBONES
 
@@ -145,6 +145,33 @@ def test_reference_positions_extend_the_pretrained_grid(backbones):
     full = ref_pos_embed(pe, (32, 32), (32, 32)).reshape(16, 16, dim)
     torch.testing.assert_close(full[:, :8], grid[8:24, 24:32], rtol=0, atol=1e-6)
     assert (full[:, 8:].unsqueeze(2) - grid.reshape(1, 1, -1, dim)).abs().amax(-1).min() > 1e-3
+
+
+def test_reference_positions_extend_a_rewritten_grid(tmp_path):
+    """A grid rewritten to 2 units between tokens, saved in float16: the reference continues it,
+    where a larger grid of the same spacing (the oracle) has those positions."""
+    from diffusers import SD3Transformer2DModel
+
+    def transformer(size):
+        return SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=3, num_layers=1, attention_head_dim=16,
+                                     num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=32,
+                                     pooled_projection_dim=32, out_channels=3, pos_embed_max_size=size)
+
+    tr, oracle = transformer(32), transformer(64)
+    set_pos_spacing(tr.pos_embed, 2.0)
+    set_pos_spacing(oracle.pos_embed, 2.0)
+    tr.to(torch.float16).save_pretrained(tmp_path / "t")
+    pe = SD3Transformer2DModel.from_pretrained(tmp_path / "t", torch_dtype=torch.float32).pos_embed
+    dim = pe.pos_embed.shape[-1]
+    big = oracle.pos_embed.pos_embed.reshape(64, 64, dim)
+    torch.testing.assert_close(pe.cropped_pos_embed(32, 32).reshape(16, 16, dim), big[8:24, 8:24], rtol=0, atol=1e-3)
+    full = ref_pos_embed(pe, (32, 32), (32, 32)).reshape(16, 16, dim)
+    torch.testing.assert_close(full, big[8:24, 24:40], rtol=0, atol=1e-3)
+    assert pos_grid(transformer(32).pos_embed) == (0.0, 0.5)  # SD3's own grid is read exactly
+    with torch.no_grad():
+        pe.pos_embed[0, 3] += 0.2
+    with pytest.raises(ValueError, match="not a sin-cos grid"):
+        ref_pos_embed(pe, (32, 32), (32, 32))
 
 
 @pytest.mark.parametrize("layout", ["pixel", "full"])

@@ -74,7 +74,8 @@ def test_critic_cache_and_shared_training_examples(cache, monkeypatch):
 def test_hash_ignores_nothing_that_changes_the_weights():
     r = T.TeacherRecipe()
     assert recipe_hash(r) == recipe_hash(T.TeacherRecipe())
-    for change in ({"steps": r.steps + 1}, {"p_uncond": 0.2}, {"save_dtype": "float32"}):
+    for change in ({"steps": r.steps + 1}, {"p_uncond": 0.2}, {"save_dtype": "float32"}, {"pos_spacing": 2.0},
+                   {"qk_norm": "rms_norm"}, {"lr_schedule": "constant"}):
         assert recipe_hash(T.TeacherRecipe(**change)) != recipe_hash(r)
     # a critic trained on teacher samples is keyed by its teacher too; one trained without is not
     with_samples = C.CriticRecipe(data=C.CriticDataRecipe(p_teacher=0.1, teacher_hash="abc"))

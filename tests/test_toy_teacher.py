@@ -118,6 +118,21 @@ def test_training_resumes_exactly(tmp_path):
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_position_spacing_and_qk_norm_reach_the_saved_teacher(tmp_path):
+    """pos_spacing rewrites the sin-cos grid SD3's config cannot express; the float16 copy keeps it,
+    and the loaded backbone reads it back (the reference tokens' positions extend it)."""
+    from harness.models.sd3 import pos_grid
+
+    r = tiny_recipe(steps=3, pos_spacing=2.0, qk_norm="rms_norm", lr_schedule="constant", save_dtype="float16")
+    bb = T.load_teacher(T.train_teacher(r, tmp_path / "teacher", progress=False))
+    origin, step = pos_grid(bb.transformer.pos_embed)
+    assert abs(origin) < 1e-3 and abs(step - 2.0) < 1e-4
+    assert bb.transformer.config.qk_norm == "rms_norm"
+    assert pos_grid(T.load_teacher(T.build_initial_folder(tmp_path / "sd3", tiny_recipe())).transformer.pos_embed) == (0.0, 0.5)
+    with pytest.raises(ValueError, match="pos_spacing"):
+        tiny_recipe(pos_spacing=-1.0).validate()
+
+
 def test_caption_facts_ignore_position_and_size():
     from harness.toyworld.scenes import Obj, Scene
 

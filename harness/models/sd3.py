@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -98,23 +99,87 @@ def ref_pos_embed(patch_embed: nn.Module, target_hw: tuple[int, int], ref_hw: tu
 
     SD3 crops the target's positions from the centre of a pos_embed_max_size^2 grid; the reference
     takes the rows of the target and the columns just right of it, extrapolating the same
-    sin-cos formula beyond the grid when needed.
+    sin-cos grid (as `pos_grid` reads it) beyond its edge when needed.
     """
     from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
 
     size = patch_embed.pos_embed_max_size
-    if size is None:
-        raise ValueError("reference conditioning needs an SD3 transformer with pos_embed_max_size set")
     p = patch_embed.patch_size
     (gh, gw), (rh, rw) = (target_hw[0] // p, target_hw[1] // p), (ref_hw[0] // p, ref_hw[1] // p)
     top, left = (size - gh) // 2, (size - gw) // 2
-    step = patch_embed.base_size / size / patch_embed.interpolation_scale  # grid units, as get_2d_sincos_pos_embed
-    rows = (top + torch.arange(rh, dtype=torch.float64)) * step
-    cols = (left + gw + torch.arange(rw, dtype=torch.float64)) * step
+    origin, step = pos_grid(patch_embed)
+    rows = origin + (top + torch.arange(rh, dtype=torch.float64)) * step
+    cols = origin + (left + gw + torch.arange(rw, dtype=torch.float64)) * step
     grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"))  # [0]: column coords, [1]: row coords
     dim = patch_embed.pos_embed.shape[-1]
     emb = get_2d_sincos_pos_embed_from_grid(dim, grid.reshape(2, -1), output_type="pt")
     return emb.float().unsqueeze(0)
+
+
+def _sincos_rows(dim: int, cols: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
+
+    return get_2d_sincos_pos_embed_from_grid(dim, torch.stack([cols, rows]).double(), output_type="pt")
+
+
+def pos_grid(patch_embed: nn.Module) -> tuple[float, float]:
+    """(origin, step): the sin-cos positions of the pos_embed_max_size^2 grid in `patch_embed`'s
+    buffer are origin + step * index along each axis. SD3 builds the grid with origin 0 and step
+    base_size / pos_embed_max_size (half a unit between neighbouring tokens when the grid is twice
+    the token grid); a buffer rewritten with another spacing (`set_pos_spacing`, saved with the
+    weights) is read back from the phases of its first row and first column."""
+    size = patch_embed.pos_embed_max_size
+    if size is None:
+        raise ValueError("reference conditioning needs an SD3 transformer with pos_embed_max_size set")
+    buf = patch_embed.pos_embed[0].detach().double().cpu()
+    dim = buf.shape[-1]
+    first_row, first_col = buf[:size], buf[::size][:size]
+    idx = torch.arange(size, dtype=torch.float64)
+    zeros = torch.zeros(size, dtype=torch.float64)
+
+    def fits(origin: float, step: float) -> bool:
+        want_row = _sincos_rows(dim, origin + idx * step, origin + zeros)
+        want_col = _sincos_rows(dim, origin + zeros, origin + idx * step)
+        return bool(torch.allclose(first_row, want_row, atol=5e-3) and torch.allclose(first_col, want_col, atol=5e-3))
+
+    sd3_step = patch_embed.base_size / size / patch_embed.interpolation_scale
+    if fits(0.0, sd3_step):
+        return 0.0, sd3_step
+    cols = _sincos_positions(first_row[:, : dim // 2])
+    origin, step = float(cols[0]), float((cols[-1] - cols[0]) / (size - 1))
+    if not fits(origin, step):
+        raise ValueError(f"the transformer's pos_embed buffer is not a sin-cos grid with one spacing along both axes "
+                         f"(read origin {origin:.4f}, step {step:.4f}): reference positions cannot be extrapolated")
+    return origin, step
+
+
+def _sincos_positions(emb: torch.Tensor) -> torch.Tensor:
+    """Positions p of a 1-D sin-cos embedding [sin(p w_k), cos(p w_k)], w_k = 10000^(-k/K): the phase
+    of the lowest frequency gives p coarsely, each higher one refines it (unwrapped against it)."""
+    k = emb.shape[-1] // 2
+    omega = 1.0 / 10000 ** (torch.arange(k, dtype=torch.float64) / k)
+    phase = torch.atan2(emb[:, :k], emb[:, k:])
+    p = torch.zeros(emb.shape[0], dtype=torch.float64)
+    for j in reversed(range(k)):
+        turns = torch.round((p * omega[j] - phase[:, j]) / (2 * math.pi))
+        p = (phase[:, j] + 2 * math.pi * turns) / omega[j]
+    return p
+
+
+def set_pos_spacing(patch_embed: nn.Module, step: float) -> None:
+    """Rewrite the sin-cos position grid with `step` units between neighbouring tokens (origin 0).
+    SD3's config cannot express it: its grid is base_size / pos_embed_max_size apart. The buffer is
+    saved with the weights, and `pos_grid` reads the spacing back for the reference tokens."""
+    size = patch_embed.pos_embed_max_size
+    if size is None or step <= 0:
+        raise ValueError(f"needs pos_embed_max_size set and step > 0, got {size}, {step}")
+    axis = torch.arange(size, dtype=torch.float64) * step
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy")).reshape(2, -1)
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
+
+    emb = get_2d_sincos_pos_embed_from_grid(patch_embed.pos_embed.shape[-1], grid, output_type="pt")
+    with torch.no_grad():
+        patch_embed.pos_embed.copy_(emb.to(patch_embed.pos_embed.dtype).unsqueeze(0))
 
 
 def _affine(x: torch.Tensor, n: int, scale: tuple, shift: tuple) -> torch.Tensor:
@@ -461,4 +526,4 @@ def load_sd3_backbone(cfg: SD3Config, device: str | torch.device | None = None) 
 
 BACKBONES.register("sd3", Spec(SD3Config, build=load_sd3_backbone, help="Stable Diffusion 3/3.5 MMDiT (diffusers folder or hub id)"))
 
-__all__ = ["SD3Backbone", "SD3Config", "SD3Denoiser", "joint_block_two_modulations", "load_sd3_backbone", "make_ref_aware", "ref_pos_embed"]
+__all__ = ["SD3Backbone", "SD3Config", "SD3Denoiser", "joint_block_two_modulations", "load_sd3_backbone", "make_ref_aware", "pos_grid", "ref_pos_embed", "set_pos_spacing"]

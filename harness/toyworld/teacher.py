@@ -6,8 +6,8 @@ over a word-level tokenizer of the world's whole vocabulary (captions, instructi
 Training: flow matching on rendered training-split scenes (x_t = (1 - t) x + t eps, v = eps - x,
 uniform t by default), from DiT's adaLN-Zero initialisation, the text encoder trained jointly and
 read as SD3Backbone reads it (penultimate hidden states + projected pooled embedding), captions
-dropped to "" with probability `p_uncond` so classifier-free guidance works, AdamW with warmup +
-cosine decay, EMA weights saved (in float16 by default: the shipped copy must stay small).
+dropped to "" with probability `p_uncond` so classifier-free guidance works, AdamW with warmup + cosine decay
+(or a constant rate), EMA weights saved (in float16 by default: the shipped copy must stay small).
 """
 from __future__ import annotations
 
@@ -42,12 +42,17 @@ class TeacherRecipe:
     text_hidden_size: int = 64
     text_layers: int = 3
     text_heads: int = 2
+    # sin-cos position units between neighbouring tokens; 0 = SD3's own grid (pos_embed_max_size =
+    # twice the token grid: half a unit apart, which a tiny model separates poorly)
+    pos_spacing: float = field(default=0.0, metadata={"hash": "unless_default"})
+    qk_norm: Literal["none", "rms_norm"] = field(default="none", metadata={"hash": "unless_default"})
     init_seed: int = 0
     # training
     steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 50
+    lr_schedule: Literal["cosine", "constant"] = field(default="cosine", metadata={"hash": "unless_default"})
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -64,6 +69,12 @@ class TeacherRecipe:
             raise ValueError(f"patch_size {self.patch_size} must divide the world's image size {self.world.size}")
         if not 0 <= self.p_uncond < 1 or not 0 <= self.p_two <= 1:
             raise ValueError(f"p_uncond must be in [0, 1) and p_two in [0, 1], got {self.p_uncond}, {self.p_two}")
+        if self.pos_spacing < 0:
+            raise ValueError(f"pos_spacing must be >= 0 (0: SD3's own grid), got {self.pos_spacing}")
+        for name, allowed in (("qk_norm", ("none", "rms_norm")), ("lr_schedule", ("cosine", "constant")),
+                              ("t_sampling", ("logit_normal", "uniform"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
 
@@ -105,9 +116,11 @@ def _template_words(template: str, slot: dict[str, int]) -> int:
 def build_initial_folder(folder: Path, recipe: TeacherRecipe) -> Path:
     """The untrained teacher: a diffusers SD3 folder (pixel space, one CLIP text encoder), with the
     adaLN-Zero initialisation of DiT (every block's modulation and the output layer start at zero,
-    so each block starts as the identity), which trains a small MMDiT much faster from scratch."""
+    so each block starts as the identity), which trains a small MMDiT much faster from scratch;
+    with `pos_spacing`, the sin-cos position grid rewritten to that spacing (saved with the weights)."""
     from diffusers import SD3Transformer2DModel
 
+    from harness.models.sd3 import set_pos_spacing
     from harness.models.tiny import save_tiny_sd3, write_folder_atomically
 
     def fill(tmp: Path) -> None:
@@ -116,8 +129,11 @@ def build_initial_folder(folder: Path, recipe: TeacherRecipe) -> Path:
             patch_size=recipe.patch_size, num_layers=recipe.num_layers, num_attention_heads=recipe.num_attention_heads,
             attention_head_dim=recipe.attention_head_dim, text_hidden_size=recipe.text_hidden_size,
             text_layers=recipe.text_layers, text_heads=recipe.text_heads,
-            text_max_length=max_text_tokens(recipe.world), lowercase=True, shift=1.0, seed=recipe.init_seed)
+            text_max_length=max_text_tokens(recipe.world), lowercase=True, shift=1.0, seed=recipe.init_seed,
+            qk_norm=None if recipe.qk_norm == "none" else recipe.qk_norm)
         tr = SD3Transformer2DModel.from_pretrained(raw, subfolder="transformer")
+        if recipe.pos_spacing:
+            set_pos_spacing(tr.pos_embed, recipe.pos_spacing)
         with torch.no_grad():
             for name, p in tr.named_parameters():
                 if name.startswith(("proj_out.", "norm_out.linear.")) or ".norm1.linear." in name \
@@ -224,7 +240,8 @@ def train_teacher(recipe: TeacherRecipe, folder: Path, *, progress: bool = True,
 
     state = P.train_loop(
         work_dir=work, hash_=hash_, modules=modules, optimizer=optimizer, step_fn=step_fn, steps=recipe.steps,
-        lr=lambda s: P.lr_at(s, recipe.steps, recipe.lr, recipe.warmup_steps), ema=ema, desc="teacher",
+        lr=lambda s: P.lr_at(s, recipe.steps, recipe.lr, recipe.warmup_steps,
+                             final_fraction=1.0 if recipe.lr_schedule == "constant" else 0.1), ema=ema, desc="teacher",
         progress=progress, stop_after=stop_after)
     if state.step < recipe.steps:
         return None
