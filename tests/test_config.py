@@ -47,6 +47,23 @@ def test_hash_ignores_keys_that_do_not_change_results(fit_yaml):
     assert C.config_hash(a) != C.config_hash(c)
 
 
+def test_an_option_added_later_keeps_old_hashes_at_its_default():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Before:
+        steps: int = 10
+
+    @dataclass
+    class After:
+        steps: int = 10
+        spacing: float = field(default=0.0, metadata={"hash": "unless_default"})
+
+    assert C.config_hash(After()) == C.config_hash(Before())
+    assert C.config_hash(After(spacing=2.0)) != C.config_hash(Before())
+    assert C.to_dict(After()) == {"steps": 10, "spacing": 0.0}  # still written out in full
+
+
 def test_hash_is_stable_across_processes(fit_yaml):
     code = ("import sys; from harness import config as C; "
             f"print(C.config_hash(C.load_run_config({str(fit_yaml)!r}, ['method.lr=0.1'])))")
