@@ -204,6 +204,41 @@ def test_pretrain_command_builds_into_a_folder(tmp_path, cache, monkeypatch):
     assert (out / "teacher" / "recipe.json").stat().st_mtime_ns == stamp
 
 
+def test_pretrain_and_evaluate_a_changed_recipe(tmp_path, cache, monkeypatch, capsys):
+    """--set changes the recipes for pretrain --out and evaluate --dir alike; evaluate never
+    retrains over models that another recipe made."""
+    from harness.toyworld.__main__ import main
+
+    monkeypatch.setattr(assets, "teacher_recipe", lambda: tiny_teacher())
+    monkeypatch.setattr(assets, "critic_recipe", lambda size: tiny_critic(size=size))
+    out = tmp_path / "out"
+    sets = ["--set", "teacher.pos_spacing=2", "--set", "world.grid=2", "--set", "critic.arch.image_size=32",
+            "--set", "critic.steps=3"]
+    assert main(["pretrain", "--out", str(out), "--sizes", "small", "--jobs", "1", *sets]) == 0
+    teacher, critics = assets.recipes_with(sets[1::2])
+    assert teacher.pos_spacing == 2.0 and teacher.world.grid == 2 and critics["small"].data.world.grid == 2
+    assert read_recipe(out / "teacher")["hash"] == recipe_hash(teacher) != recipe_hash(tiny_teacher())
+    assert read_recipe(out / "critic-small")["recipe"]["steps"] == 3
+    assert json.loads((out / "recipe.json").read_text())["pretrain"]["runs"][0]["set"] == sets[1::2]
+    capsys.readouterr()
+    assert main(["evaluate", "--dir", str(out), "--sizes", "small", "--captions", "2", "--pairs", "6", *sets]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["set"] == sets[1::2] and report["critics"]["small"]["accuracy"]["all"]["n"] > 0
+    stamp = (out / "teacher" / "recipe.json").stat().st_mtime_ns
+    with pytest.raises(SystemExit):  # the default recipe's models are not there: refused, nothing retrained
+        main(["evaluate", "--dir", str(out), "--sizes", "small", "--captions", "2", "--pairs", "6"])
+    assert "give evaluate the --set" in capsys.readouterr().err
+    assert (out / "teacher" / "recipe.json").stat().st_mtime_ns == stamp
+    for bad, says in ((["--set", "teacher.pos_spacin=2"], "unknown key"), (["--set", "steps=3"], "keys start with")):
+        with pytest.raises(SystemExit):
+            main(["pretrain", "--out", str(tmp_path / "bad"), *bad])
+        assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--set", "teacher.steps=3"])  # not into the cache runs read
+    assert "--out DIR" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("device, says", [("tpu9", "--device"), ("cuda", "no CUDA device")])
 def test_pretrain_command_refuses_a_device_it_cannot_use(device, says, capsys, cache):
     from harness.toyworld.__main__ import main

@@ -1,9 +1,16 @@
-"""python -m harness.toyworld pretrain [--only teacher|critics] [--force] [--out DIR]
-python -m harness.toyworld evaluate [--dir DIR]
+"""python -m harness.toyworld pretrain [--only teacher|critics] [--force] [--out DIR] [--set KEY=VALUE ...]
+python -m harness.toyworld evaluate [--dir DIR] [--set KEY=VALUE ...]
 
 pretrain: build the built-in world's teacher and critics for the current recipes (into the cache,
 or into DIR: `--out harness/toyworld/pretrained` refreshes the copies shipped with the package).
-evaluate: measure them (teacher parse-back rate, critic accuracy per question kind)."""
+evaluate: measure them (teacher parse-back rate, critic accuracy per question kind).
+
+To try another recipe, change it with --set (repeatable; the recipes are the dataclasses in
+harness/toyworld/teacher.py and critics.py): teacher.KEY=VALUE, critic.KEY=VALUE (every size),
+world.KEY=VALUE (the world of both), e.g.
+  python -m harness.toyworld pretrain --only teacher --out /tmp/try --set teacher.pos_spacing=2 --set world.grid=2
+  python -m harness.toyworld evaluate --dir /tmp/try --sizes small --set teacher.pos_spacing=2 --set world.grid=2
+Such models go to --out DIR only (runs keep using the current recipes)."""
 from __future__ import annotations
 
 import argparse
@@ -29,17 +36,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu",
                    help="where the models train: cpu (default; the shipped models were made there), cuda[:N], "
                         "or auto (a GPU when there is one), as the trainer's train.device")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a recipe: teacher.KEY=VALUE, critic.KEY=VALUE or world.KEY=VALUE (needs --out)")
     e = sub.add_parser("evaluate", help="measure the current recipes' models")
     e.add_argument("--dir", type=Path, help="look for the models here (default: shipped copy, else cache)")
     e.add_argument("--captions", type=int, default=100, help="held-out captions per object count")
     e.add_argument("--pairs", type=int, default=1200, help="held-out (reference, candidate) pairs for the critics")
     e.add_argument("--sizes", default=",".join(SIZES))
     e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="measure the models of a changed recipe (as given to pretrain --set; needs --dir)")
     args = ap.parse_args(argv)
     sizes = tuple(s for s in args.sizes.split(",") if s)
     bad = [s for s in sizes if s not in SIZES]
     if bad:
         ap.error(f"--sizes: unknown {bad}; sizes: {', '.join(SIZES)}")
+    from harness.config import ConfigError
+    from harness.toyworld.assets import recipes_with
+
+    if args.overrides and (args.out if args.command == "pretrain" else args.dir) is None:
+        ap.error(f"--set: recipes changed with --set live in a folder of their own; give it as "
+                 f"{'--out' if args.command == 'pretrain' else '--dir'} DIR (runs keep using the current recipes)")
+    try:
+        recipes_with(args.overrides)
+    except ConfigError as e:
+        ap.error(str(e))
     if args.command == "pretrain":
         import torch
 
@@ -52,10 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda" and not torch.cuda.is_available():
             ap.error(f"--device {args.device}: torch sees no CUDA device here")
         pretrain(args.only, force=args.force, out=args.out, sizes=sizes, jobs=args.jobs, threads_per_job=args.threads,
-                 device=str(device))
+                 device=str(device), overrides=tuple(args.overrides))
     else:
         threads(args.threads)
-        report = evaluate(args.dir, n_captions=args.captions, n_pairs=args.pairs, sizes=sizes)
+        try:
+            report = evaluate(args.dir, n_captions=args.captions, n_pairs=args.pairs, sizes=sizes,
+                              overrides=tuple(args.overrides))
+        except ValueError as e:
+            ap.error(str(e))
         json.dump(report, sys.stdout, indent=1)
         print()
     return 0

@@ -17,7 +17,7 @@ import fcntl
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 from harness.registry import BACKBONES, CRITICS, Spec
 
@@ -55,6 +55,51 @@ def critic_recipe(size: str) -> Any:
     if size not in SIZES:
         raise ValueError(f"critic size {size!r} is not built in; sizes: {', '.join(SIZES)}")
     return default_critic_recipe(size, teacher_hash=recipe_hash(teacher_recipe()))
+
+
+SET_PREFIXES = ("teacher.", "critic.", "world.")
+
+
+def recipes_with(overrides: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """The teacher recipe and every critic size's recipe with `--set` overrides applied:
+    'teacher.KEY=VALUE', 'critic.KEY=VALUE' (every size) and 'world.KEY=VALUE' (the world of both),
+    KEY dotted into the recipe dataclasses (harness/toyworld/{teacher,critics}.py). Unknown keys and
+    bad values fail here, before any work."""
+    from harness.config import ConfigError, from_dict, parse_override, resolve_dict, to_dict
+    from harness.toyworld.critics import SIZES, CriticRecipe
+    from harness.toyworld.pretrain import recipe_hash
+    from harness.toyworld.teacher import TeacherRecipe
+
+    split: dict[str, dict[str, Any]] = {"teacher": {}, "critic": {}}
+    for text in overrides:
+        key, value = parse_override(text)
+        if not key.startswith(SET_PREFIXES):
+            raise ConfigError(f"--set {text!r}: keys start with one of {', '.join(SET_PREFIXES)} "
+                              "(e.g. teacher.pos_spacing=2, critic.steps=3000, world.grid=2)")
+        head, rest = key.split(".", 1)
+        if head == "world":
+            split["teacher"][f"world.{rest}"] = value
+            split["critic"][f"data.world.{rest}"] = value
+        else:
+            split[head][rest] = value
+
+    def build(cls: type, base: Any, sets: dict[str, Any], label: str) -> Any:
+        data, keys = resolve_dict(to_dict(base), sets, label)
+        recipe = from_dict(cls, data, label, keys)
+        try:
+            recipe.validate()
+        except ValueError as e:
+            raise ConfigError(f"{label}: {e}") from None
+        return recipe
+
+    teacher = build(TeacherRecipe, teacher_recipe(), split["teacher"], "--set (teacher recipe)")
+    critics = {}
+    for size in SIZES:
+        r = build(CriticRecipe, critic_recipe(size), split["critic"], f"--set (critic {size} recipe)")
+        if r.data.p_teacher > 0:  # its examples include samples of this teacher
+            r = replace(r, data=replace(r.data, teacher_hash=recipe_hash(teacher)))
+        critics[size] = r
+    return teacher, critics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,10 +182,12 @@ def _pool_path(data: Any, part: str) -> Path:
     return cache_root() / "toyworld" / f"critic-data-{recipe_hash(data)}{suffix}.npz"
 
 
-def critic_pool(recipe: Any, *, root: Path | None = None, part: str = "all", progress: bool = True) -> Any:
+def critic_pool(recipe: Any, *, root: Path | None = None, part: str = "all", progress: bool = True,
+                teacher_recipe_: Any = None) -> Any:
     """The critics' shared training examples (cached under the data recipe's hash). part='base':
     only the examples without teacher samples (they need no teacher, so they can be built while
-    it trains); 'all' adds the teacher-sample examples to them."""
+    it trains); 'all' adds the teacher-sample examples to them (drawn by the teacher of
+    `teacher_recipe_`, default the current one)."""
     from harness.toyworld import critics as C
     from harness.toyworld.pretrain import log, read_recipe
 
@@ -156,7 +203,7 @@ def critic_pool(recipe: Any, *, root: Path | None = None, part: str = "all", pro
             pool = C.build_pool(data, data.pairs, part="base", progress=progress)
         else:
             base = critic_pool(recipe, root=root, part="base", progress=progress)
-            teacher = ensure_teacher(root=root, progress=progress)
+            teacher = ensure_teacher(teacher_recipe_, root=root, progress=progress)
             made_by = (read_recipe(teacher) or {}).get("hash")
             if made_by != data.teacher_hash:
                 raise ValueError(f"critic data recipe wants samples of teacher {data.teacher_hash!r}, but the teacher "
@@ -170,13 +217,15 @@ def critic_pool(recipe: Any, *, root: Path | None = None, part: str = "all", pro
 
 
 def ensure_critic(size: str = "large", recipe: Any = None, *, root: Path | None = None, force: bool = False,
-                  progress: bool = True, device: Any = None) -> Path:
-    """The pretrained critic's LLaVA folder of this size (built on first use, on `device`)."""
+                  progress: bool = True, device: Any = None, teacher_recipe_: Any = None) -> Path:
+    """The pretrained critic's LLaVA folder of this size (built on first use, on `device`).
+    `teacher_recipe_`: the teacher whose samples its examples may include (default the current one)."""
     from harness.toyworld.critics import train_critic
 
     recipe = recipe or critic_recipe(size)
     return _ensure(critic_name(recipe.size), recipe, root, force,
-                   lambda folder: train_critic(recipe, folder, critic_pool(recipe, root=root, progress=progress),
+                   lambda folder: train_critic(recipe, folder, critic_pool(recipe, root=root, progress=progress,
+                                                                           teacher_recipe_=teacher_recipe_),
                                                progress=progress, device=device))
 
 
@@ -249,4 +298,4 @@ def _register() -> None:
 _register()
 
 __all__ = ["PRETRAINED", "ToyLlavaConfig", "build_toy_backbone", "build_toy_critic", "cache_root", "critic_pool",
-           "critic_recipe", "ensure_critic", "ensure_teacher", "locate", "teacher_recipe", "world_dataset", "world_of"]
+           "critic_recipe", "ensure_critic", "ensure_teacher", "locate", "recipes_with", "teacher_recipe", "world_dataset", "world_of"]

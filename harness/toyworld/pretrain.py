@@ -213,7 +213,7 @@ def threads(n: int | None) -> None:
 
 
 def _job(kind: str, size: str, out: Path | None, force: bool, progress: bool, threads_: int,
-         worker: bool = False, device: str | None = None) -> tuple[str, float]:
+         worker: bool = False, device: str | None = None, overrides: tuple[str, ...] = ()) -> tuple[str, float]:
     """One pretraining job: 'teacher', 'pool' (the critics' examples that need no teacher) or
     'critic'. Returns (name, wall seconds). In a worker process progress goes to log lines."""
     global BARS
@@ -222,13 +222,15 @@ def _job(kind: str, size: str, out: Path | None, force: bool, progress: bool, th
     if worker:
         BARS = False
         threads(threads_)
+    teacher, critics = assets.recipes_with(overrides)
     t0 = time.monotonic()
     if kind == "teacher":
-        name, folder = "teacher", assets.ensure_teacher(root=out, force=force, progress=progress, device=device)
+        name, folder = "teacher", assets.ensure_teacher(teacher, root=out, force=force, progress=progress, device=device)
     elif kind == "pool":
-        name, folder = "critic-data", assets.critic_pool(assets.critic_recipe(size), root=out, part="base", progress=progress)
+        name, folder = "critic-data", assets.critic_pool(critics[size], root=out, part="base", progress=progress)
     else:
-        name, folder = f"critic-{size}", assets.ensure_critic(size, root=out, force=force, progress=progress, device=device)
+        name, folder = f"critic-{size}", assets.ensure_critic(size, critics[size], root=out, force=force, progress=progress,
+                                                               device=device, teacher_recipe_=teacher)
     took = time.monotonic() - t0
     if kind != "pool":
         log(f"{name}: {folder} ({took / 60:.1f} min)")
@@ -236,13 +238,15 @@ def _job(kind: str, size: str, out: Path | None, force: bool, progress: bool, th
 
 
 def pretrain(only: str | None = None, *, force: bool = False, out: Path | None = None, sizes: tuple[str, ...] | None = None,
-             jobs: int = 2, threads_per_job: int = 1, progress: bool = True, device: str | None = None) -> dict[str, Any]:
+             jobs: int = 2, threads_per_job: int = 1, progress: bool = True, device: str | None = None,
+             overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Build the teacher and/or the critics (in the cache, or in `out`, e.g. the package's
     pretrained/ folder when shipping), `jobs` at a time in worker processes of `threads_per_job`
     torch threads each (small models run faster as parallel single-threaded jobs than as one
     multi-threaded one): the teacher alongside the critics' teacher-free examples, then the
     critics, largest first. `device`: where the models train ('cuda' on a GPU; default CPU).
-    Returns and prints wall times."""
+    `overrides`: changes to the recipes (assets.recipes_with); such models go to `out` only, since
+    runs look up the current recipes. Returns and prints wall times."""
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
@@ -250,13 +254,18 @@ def pretrain(only: str | None = None, *, force: bool = False, out: Path | None =
 
     if only not in (None, "teacher", "critics"):
         raise ValueError(f"--only must be 'teacher' or 'critics', got {only!r}")
+    overrides = tuple(overrides)
+    if overrides and out is None:
+        raise ValueError("recipes changed with --set are not the ones runs look up: write them to a folder of "
+                         "their own with --out DIR (and measure them with evaluate --dir DIR --set ...)")
     sizes = tuple(s for s in SIZES[::-1] if s in (sizes or SIZES))
     load_start = os.getloadavg()
     start = time.monotonic()
     from harness.toyworld import assets
 
     critics = [("critic", s) for s in sizes] if only in (None, "critics") else []
-    needs_teacher = any(assets.critic_recipe(s).data.p_teacher > 0 for s in sizes)
+    _, critic_recipes = assets.recipes_with(overrides)  # bad keys fail before any work
+    needs_teacher = any(critic_recipes[s].data.p_teacher > 0 for s in sizes)
     stages: list[list[tuple[str, str]]] = []
     if only == "teacher" or (only is None and needs_teacher):
         stages.append([("teacher", "")] + ([("pool", sizes[0])] if critics else []))
@@ -271,19 +280,20 @@ def pretrain(only: str | None = None, *, force: bool = False, out: Path | None =
         threads(threads_per_job)
         for stage in stages:
             for kind, size in stage:
-                name, took = _job(kind, size, out, force, progress, threads_per_job, device=device)
+                name, took = _job(kind, size, out, force, progress, threads_per_job, device=device, overrides=overrides)
                 times[name] = took
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             for stage in stages:
-                futures = [pool.submit(_job, kind, size, out, force, progress, threads_per_job, True, device)
+                futures = [pool.submit(_job, kind, size, out, force, progress, threads_per_job, True, device, overrides)
                            for kind, size in stage]
                 for f in futures:
                     name, took = f.result()
                     times[name] = took
     summary = {"wall_s": {k: round(v, 1) for k, v in times.items()}, "total_wall_s": round(time.monotonic() - start, 1),
                "jobs": jobs, "threads_per_job": threads_per_job, "cpus": os.cpu_count(), "device": device or "cpu",
+               "set": list(overrides),
                "loadavg_start": [round(v, 2) for v in load_start], "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
     log(f"pretraining done in {summary['total_wall_s'] / 60:.1f} min wall ({jobs} jobs; load average "
         f"{summary['loadavg_start'][0]} at the start, {summary['loadavg_end'][0]} at the end, on {summary['cpus']} CPUs)")
@@ -312,18 +322,33 @@ def _write_summary(root: Path, update: dict[str, Any]) -> None:
 
 
 def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 1200, sizes: tuple[str, ...] | None = None,
-             seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Quality of the current recipes' models (looked up like ensure_* does, or in `root`):
-    the teacher's parse-back rate on held-out captions (one- and two-object) and each critic's
-    held-out accuracy per question kind on clean, degraded and teacher-drawn candidates."""
+             seed: int = 0, progress: bool = True, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Quality of the current recipes' models (looked up like ensure_* does, or in `root`), or of
+    the recipes changed by `overrides`: the teacher's parse-back rate on held-out captions (one- and
+    two-object) and each critic's held-out accuracy per question kind on clean, degraded and
+    teacher-drawn candidates."""
     from harness.toyworld import assets
     from harness.toyworld import critics as C
     from harness.toyworld import teacher as TT
     from harness.models.llava import LlavaCriticConfig, load_llava_critic
 
     report: dict[str, Any] = {}
-    t_recipe = assets.teacher_recipe()
-    teacher = assets.ensure_teacher(root=root, progress=progress)
+    if overrides and root is None:
+        raise ValueError("recipes changed with --set are looked up in the folder pretrain --out wrote: give it as --dir DIR")
+    t_recipe, c_recipes = assets.recipes_with(overrides)
+    if overrides:
+        report["set"] = list(overrides)
+    def find(name: str, recipe: Any, build: Any) -> Path:
+        if root is None:
+            return build()
+        folder = assets.locate(name, recipe, root=root)  # never retrain over the models being measured
+        if folder is None:
+            made = (read_recipe(Path(root) / name) or {}).get("hash", "nothing")
+            raise ValueError(f"{Path(root) / name}: not made by the recipe to measure ({recipe_hash(recipe)}; found "
+                             f"{made}); give evaluate the --set that pretrain was given (recorded in {root}/recipe.json)")
+        return folder
+
+    teacher = find(assets.TEACHER, t_recipe, lambda: assets.ensure_teacher(t_recipe, progress=progress))
     backbone = TT.load_teacher(teacher)
     rates = {}
     for n in (1, 2):
@@ -334,13 +359,14 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
     log(f"teacher parse-back: {rates}")
 
     sizes = tuple(sizes or C.SIZES)
-    data = assets.critic_recipe(sizes[0]).data
+    data = c_recipes[sizes[0]].data
     bank = C.teacher_bank(teacher, data, max(1, n_pairs // 6), split="test", seed=seed + 1)
     pool = C.build_pool(data, n_pairs, split="test", seed=seed + 1, bank=bank, p_degraded=0.4, p_teacher=0.2,
                         progress=progress)
     report["critics"] = {}
     for size in sizes:
-        folder = assets.ensure_critic(size, root=root, progress=progress)
+        folder = find(assets.critic_name(size), c_recipes[size],
+                      lambda: assets.ensure_critic(size, c_recipes[size], progress=progress, teacher_recipe_=t_recipe))
         critic = load_llava_critic(LlavaCriticConfig(path=str(folder)))
         params = sum(p.numel() for p in critic.model.parameters())
         table = C.accuracy_table(C.predictions(critic, pool))
