@@ -212,11 +212,14 @@ def test_pretrain_and_evaluate_a_changed_recipe(tmp_path, cache, monkeypatch, ca
     monkeypatch.setattr(assets, "teacher_recipe", lambda: tiny_teacher())
     monkeypatch.setattr(assets, "critic_recipe", lambda size: tiny_critic(size=size))
     out = tmp_path / "out"
-    sets = ["--set", "teacher.pos_spacing=2", "--set", "world.grid=2", "--set", "critic.arch.image_size=32",
-            "--set", "critic.steps=3"]
+    sets = ["--set", "teacher.pos_spacing=2", "--set", "world.grid=2", "--set", "critic.steps=3"]
     assert main(["pretrain", "--out", str(out), "--sizes", "small", "--jobs", "1", *sets]) == 0
+    default_teacher, default_critics = assets.recipes_with(())
+    assert recipe_hash(default_teacher) == recipe_hash(tiny_teacher())  # no --set: the current recipes
+    assert recipe_hash(default_critics["small"]) == recipe_hash(tiny_critic(size="small"))
     teacher, critics = assets.recipes_with(sets[1::2])
     assert teacher.pos_spacing == 2.0 and teacher.world.grid == 2 and critics["small"].data.world.grid == 2
+    assert critics["small"].arch.image_size == 2 * critics["small"].arch.patch_size  # one image token per cell
     assert read_recipe(out / "teacher")["hash"] == recipe_hash(teacher) != recipe_hash(tiny_teacher())
     assert read_recipe(out / "critic-small")["recipe"]["steps"] == 3
     assert json.loads((out / "recipe.json").read_text())["pretrain"]["runs"][0]["set"] == sets[1::2]

@@ -8,9 +8,10 @@ evaluate: measure them (teacher parse-back rate, critic accuracy per question ki
 To try another recipe, change it with --set (repeatable; the recipes are the dataclasses in
 harness/toyworld/teacher.py and critics.py): teacher.KEY=VALUE, critic.KEY=VALUE (every size),
 world.KEY=VALUE (the world of both), e.g.
-  python -m harness.toyworld pretrain --only teacher --out /tmp/try --set teacher.pos_spacing=2 --set world.grid=2
-  python -m harness.toyworld evaluate --dir /tmp/try --sizes small --set teacher.pos_spacing=2 --set world.grid=2
-Such models go to --out DIR only (runs keep using the current recipes)."""
+  python -m harness.toyworld pretrain --out /tmp/try --set teacher.pos_spacing=2 --set world.grid=2
+  python -m harness.toyworld evaluate --dir /tmp/try --set teacher.pos_spacing=2 --set world.grid=2
+Such models go to --out DIR only (runs keep using the current recipes); evaluate measures the
+teacher and the critics, so pretrain them all (or give evaluate the --sizes that were built)."""
 from __future__ import annotations
 
 import argparse

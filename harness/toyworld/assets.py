@@ -63,8 +63,9 @@ SET_PREFIXES = ("teacher.", "critic.", "world.")
 def recipes_with(overrides: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
     """The teacher recipe and every critic size's recipe with `--set` overrides applied:
     'teacher.KEY=VALUE', 'critic.KEY=VALUE' (every size) and 'world.KEY=VALUE' (the world of both),
-    KEY dotted into the recipe dataclasses (harness/toyworld/{teacher,critics}.py). Unknown keys and
-    bad values fail here, before any work."""
+    KEY dotted into the recipe dataclasses (harness/toyworld/{teacher,critics}.py). A changed grid
+    resizes the critics' images to keep one image token per cell, unless critic.arch.image_size is
+    set too. Unknown keys and bad values fail here, before any work."""
     from harness.config import ConfigError, from_dict, parse_override, resolve_dict, to_dict
     from harness.toyworld.critics import SIZES, CriticRecipe
     from harness.toyworld.pretrain import recipe_hash
@@ -95,7 +96,10 @@ def recipes_with(overrides: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
     teacher = build(TeacherRecipe, teacher_recipe(), split["teacher"], "--set (teacher recipe)")
     critics = {}
     for size in SIZES:
-        r = build(CriticRecipe, critic_recipe(size), split["critic"], f"--set (critic {size} recipe)")
+        base, sets = critic_recipe(size), dict(split["critic"])
+        if "data.world.grid" in sets and "arch.image_size" not in sets:  # one image token per grid cell
+            sets["arch.image_size"] = base.arch.patch_size * int(sets["data.world.grid"])
+        r = build(CriticRecipe, base, sets, f"--set (critic {size} recipe)")
         if r.data.p_teacher > 0:  # its examples include samples of this teacher
             r = replace(r, data=replace(r.data, teacher_hash=recipe_hash(teacher)))
         critics[size] = r
