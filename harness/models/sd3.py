@@ -170,13 +170,13 @@ def set_pos_spacing(patch_embed: nn.Module, step: float) -> None:
     """Rewrite the sin-cos position grid with `step` units between neighbouring tokens (origin 0).
     SD3's config cannot express it: its grid is base_size / pos_embed_max_size apart. The buffer is
     saved with the weights, and `pos_grid` reads the spacing back for the reference tokens."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
+
     size = patch_embed.pos_embed_max_size
     if size is None or step <= 0:
         raise ValueError(f"needs pos_embed_max_size set and step > 0, got {size}, {step}")
     axis = torch.arange(size, dtype=torch.float64) * step
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy")).reshape(2, -1)
-    from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
-
     emb = get_2d_sincos_pos_embed_from_grid(patch_embed.pos_embed.shape[-1], grid, output_type="pt")
     with torch.no_grad():
         patch_embed.pos_embed.copy_(emb.to(patch_embed.pos_embed.dtype).unsqueeze(0))

@@ -338,6 +338,7 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
     t_recipe, c_recipes = assets.recipes_with(overrides)
     if overrides:
         report["set"] = list(overrides)
+
     def find(name: str, recipe: Any, build: Any) -> Path:
         if root is None:
             return build()
