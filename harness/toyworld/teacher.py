@@ -6,8 +6,9 @@ over a word-level tokenizer of the world's whole vocabulary (captions, instructi
 Training: flow matching on rendered training-split scenes (x_t = (1 - t) x + t eps, v = eps - x,
 uniform t by default), from DiT's adaLN-Zero initialisation, the text encoder trained jointly and
 read as SD3Backbone reads it (penultimate hidden states + projected pooled embedding), captions
-dropped to "" with probability `p_uncond` so classifier-free guidance works, AdamW with warmup + cosine decay
-(or a constant rate), EMA weights saved (in float16 by default: the shipped copy must stay small).
+dropped to "" with probability `p_uncond` so classifier-free guidance works, AdamW with warmup +
+cosine decay (or a constant rate), EMA weights saved (in float16 by default: the shipped copy must
+stay small).
 """
 from __future__ import annotations
 
