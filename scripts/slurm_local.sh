@@ -50,6 +50,8 @@ cat > /etc/slurm/slurm.conf <<EOF
 ClusterName=local
 SlurmctldHost=${host}
 AuthType=auth/munge
+# a requeued job may start again once its old credential has expired (default 120 s): 10 s here
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres

@@ -36,15 +36,15 @@ def test_sweep_runs_as_a_job_array_and_a_rerun_submits_nothing(slurm_cluster, tm
     assert all(starts(p.dir) == 1 for p in planned)
 
 
-def _release_when_requeued(job_id: str, timeout: float = 60) -> None:
-    """A requeued job waits ~2 minutes before it may start again; let it start now."""
+def _wait_done(job, timeout: float = 300) -> None:
+    """Wait for a job (requeued: it starts again once its old credential expires, 10 s on the
+    local cluster) with a limit, so a job SLURM refuses to restart fails the test instead of hanging it."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout.split()
-        if out and out[0] == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
-            return
-        time.sleep(0.3)
+    while not job.done():
+        if time.time() > deadline:
+            state = subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%T %r"], capture_output=True, text=True).stdout
+            pytest.fail(f"job {job.job_id} not done after {timeout:.0f} s (squeue: {state.strip() or 'gone'})")
+        time.sleep(0.5)
 
 
 @pytest.mark.parametrize("timeout", [False, True], ids=["preempted", "timed-out"])
@@ -63,7 +63,7 @@ def test_interrupted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path
         time.sleep(0.2)
     assert pr.dir.latest_checkpoint()[0] < 40
     job._interrupt(timeout=timeout)
-    _release_when_requeued(job.job_id)
+    _wait_done(job)
     job.result()
     rd = pr.dir
     assert rd.is_done() and starts(rd) == 2
