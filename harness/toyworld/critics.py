@@ -23,6 +23,10 @@ dense signal for one skill:
 
   1. perception: a training-only linear probe (CellProbe) reads every image token's grid cell
      (colour, shape, size, pattern) and the background and style: trains the vision tower;
+  (optional) binding: the inventory task (`inventory`), Yes / No after each colour and shape word
+     for whether the first or second image has it: many answers per sequence, each one needing a
+     word bound to image content (what the questions need, and what the answer token alone teaches
+     slowly);
   2. reading: describe each image cell by cell (`describe`), next-token loss over the whole text:
      the LM learns to attend to image tokens;
   3. comparing: describe what changed from the first image to the second (`describe_changes`);
@@ -58,7 +62,8 @@ CANDIDATES = ("correct", "noop", "wrong", "over", "other", "unrelated")
 DEGRADATIONS = ("noise", "blur", "colors", "partial", "shift")
 SOURCES = ("clean", "degraded", "teacher")  # how a candidate image was made
 EASY_CANDIDATES = ("correct", "noop", "unrelated")  # the curriculum's first questions (clean only)
-_STREAM_POOL, _STREAM_BATCH, _STREAM_BANK = 21, 22, 23
+_STREAM_POOL, _STREAM_BATCH, _STREAM_BANK, _STREAM_INVENTORY = 21, 22, 23, 24
+PHASES = ("probe", "inventory", "describe", "changes", "easy", "all")  # the training curriculum, in order
 
 
 @dataclass
@@ -126,11 +131,15 @@ class CriticRecipe:
     # Curriculum: `probe_steps` steps of the cell probe alone (perception), then `describe_steps`
     # of the captioning task (the LM learns to read image tokens), then the questions.
     probe_steps: int = 0
+    # then `inventory_steps` of the inventory task (`inventory`: after each colour or shape word, Yes or
+    # No for whether the named image has it): a dense signal for binding words to image content
+    inventory_steps: int = field(default=0, metadata={"hash": "unless_default"})
     describe_steps: int = 0
     changes_steps: int = 0  # then the comparison task (describe_changes) before the questions
     easy_steps: int = 0  # then the questions about clean correct / unedited / unrelated candidates only
     probe_weight: float = 0.5  # the cell probe's loss beside the LM's after the first phase
     changes_weight: float = 0.3  # the comparison task's loss beside the questions' (0 = off)
+    inventory_weight: float = field(default=0.0, metadata={"hash": "unless_default"})  # the same, inventory task
     init_seed: int = 0
     seed: int = 0
     save_dtype: Literal["float16", "float32"] = "float16"
@@ -254,6 +263,19 @@ def describe_changes(ref: Scene, shown: Scene, world: WorldConfig) -> str:
         a, b = cell(ref, k), cell(shown, k)
         parts.append(f"{name} : {'same' if a == b else b}")
     return " , ".join(parts)
+
+
+INVENTORY = "Answer with a Yes or No if the first or second image has:"  # words the vocabulary has
+
+
+def inventory(ref: Scene, shown: Scene, world: WorldConfig, rng: np.random.Generator) -> str:
+    """'second red No , first circle Yes , ...': for each image ('first' = the reference) and each of
+    the world's colours and shapes, in a random order, whether that image has an object of it."""
+    items = [f"{which} {word} {'Yes' if has else 'No'}"
+             for which, scene in (("first", ref), ("second", shown))
+             for word, has in [(c, c in scene.colors()) for c in world.colors]
+             + [(sh, any(o.shape == sh for o in scene.objects)) for sh in world.shapes]]
+    return " , ".join(items[i] for i in rng.permutation(len(items)))
 
 
 def critic_vocabulary(world: WorldConfig) -> list[str]:
@@ -556,10 +578,11 @@ def answer_logits(critic: Any, texts: list[str], images: torch.Tensor, cand_inde
 
 
 def description_loss(critic: Any, feats: torch.Tensor, descriptions: list[str], *, prompt: str = DESCRIBE,
-                     images: list[list[int]] | None = None) -> torch.Tensor:
-    """Teacher-forced next-token cross-entropy of a text about images (the auxiliary captioning and
-    comparison tasks: a dense signal that teaches the LM to read and compare image tokens).
-    Sequence k shows feats[i] for i in images[k] (default: feats[k] alone)."""
+                     images: list[list[int]] | None = None, only: set[int] | None = None) -> torch.Tensor:
+    """Teacher-forced next-token cross-entropy of a text about images (the auxiliary captioning,
+    comparison and inventory tasks: a dense signal that teaches the LM to read and compare image
+    tokens). Sequence k shows feats[i] for i in images[k] (default: feats[k] alone). `only`: score
+    just the text's tokens with these ids (the inventory's answers, not its random word order)."""
     tok = critic.tokenizer
     images = images if images is not None else [[k] for k in range(len(descriptions))]
     prompts = [critic.prompt_ids(prompt, len(im)) for im in images]
@@ -568,7 +591,7 @@ def description_loss(critic: Any, feats: torch.Tensor, descriptions: list[str], 
                                           [i for im in images for i in im])
     labels = torch.full_like(input_ids, -100)
     for k, (p, a) in enumerate(zip(prompts, answers)):
-        labels[k, len(p) : len(p) + len(a)] = torch.tensor(a)
+        labels[k, len(p) : len(p) + len(a)] = torch.tensor([t if only is None or t in only else -100 for t in a])
     model = critic.model
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
@@ -664,27 +687,39 @@ def train_critic(recipe: CriticRecipe, folder: Path, pool: Pool, *, progress: bo
     params = [p for _, p in named]
 
     easy = [i for i, (c, src) in enumerate(zip(pool.candidate, pool.source)) if c in EASY_CANDIDATES and src == "clean"]
-    bounds = np.cumsum([recipe.probe_steps, recipe.describe_steps, recipe.changes_steps, recipe.easy_steps])
+    bounds = np.cumsum([recipe.probe_steps, recipe.inventory_steps, recipe.describe_steps, recipe.changes_steps,
+                        recipe.easy_steps])
+    answer_ids = {*critic.yes_ids, *critic.no_ids}
 
     def step_fn(step: int) -> float:
-        phase = int(np.searchsorted(bounds, step, side="right"))  # 0 probe, 1 describe, 2 changes, 3 easy, 4 all
+        phase = PHASES[int(np.searchsorted(bounds, step, side="right"))]  # phases of 0 steps are skipped
+
+        def after(name: str) -> bool:
+            return PHASES.index(phase) > PHASES.index(name)
+
         rng = np.random.default_rng(P.step_seed(recipe.seed, step, _STREAM_BATCH))
-        source = easy if phase == 3 and easy else range(len(pool))
+        source = easy if phase == "easy" and easy else range(len(pool))
         pairs = sorted(int(source[k]) for k in rng.choice(len(source), size=min(recipe.batch_pairs, len(source)), replace=False))
         n = len(pairs)
         images = to_tensor(np.concatenate([pool.refs[pairs], pool.cands[pairs]]))
         feats = critic.encode_images(images)
         loss = probe.loss(feats, [pool.scenes[i][0] for i in pairs] + [pool.scenes[i][1] for i in pairs])
-        if phase > 0:
+        if phase != "probe":
             loss = recipe.probe_weight * loss
-        if phase == 1 or (phase > 1 and recipe.describe_weight > 0):
+        if phase == "inventory" or (after("inventory") and recipe.inventory_weight > 0):
+            inv_rng = np.random.default_rng(P.step_seed(recipe.seed, step, _STREAM_INVENTORY))
+            texts = [inventory(*pool.scenes[i], recipe.data.world, inv_rng) for i in pairs]
+            inv = description_loss(critic, feats, texts, prompt=INVENTORY, images=[[k, n + k] for k in range(n)],
+                                   only=answer_ids)
+            loss = loss + (1.0 if phase == "inventory" else recipe.inventory_weight) * inv
+        if phase == "describe" or (after("describe") and recipe.describe_weight > 0):
             descs = [pool.descriptions[i][0] for i in pairs] + [pool.descriptions[i][1] for i in pairs]
-            loss = loss + (1.0 if phase == 1 else recipe.describe_weight) * description_loss(critic, feats, descs)
-        if phase == 2 or (phase > 2 and recipe.changes_weight > 0):
+            loss = loss + (1.0 if phase == "describe" else recipe.describe_weight) * description_loss(critic, feats, descs)
+        if phase == "changes" or (after("changes") and recipe.changes_weight > 0):
             changes = description_loss(critic, feats, [pool.changes[i] for i in pairs], prompt=CHANGES,
                                        images=[[k, n + k] for k in range(n)])
-            loss = loss + (1.0 if phase == 2 else recipe.changes_weight) * changes
-        if phase >= 3:
+            loss = loss + (1.0 if phase == "changes" else recipe.changes_weight) * changes
+        if phase in ("easy", "all"):
             loss = loss + answer_loss(critic, pool, pairs, feats=feats)
         loss.backward()
         if recipe.grad_clip > 0:
@@ -756,6 +791,7 @@ def accuracy_table(preds: list[tuple[QA, bool, str]]) -> dict[str, dict[str, Any
 __all__ = ["CANDIDATES", "DEFAULT_ARCHS", "DEGRADATIONS", "KINDS", "QA", "SIZES", "SOURCES", "CriticArch",
            "CriticDataRecipe", "CriticRecipe", "Pool", "accuracy_table", "answer_logits", "answer_loss",
            "build_initial_folder", "build_pool", "candidate_scene", "critic_vocabulary", "default_critic_recipe", "degrade",
-           "CellProbe", "batch_inputs", "describe", "describe_changes", "description_loss", "to_tensor",
+           "CellProbe", "INVENTORY", "PHASES", "batch_inputs", "describe", "describe_changes", "description_loss",
+           "inventory", "to_tensor",
            "predictions",
            "questions", "teacher_bank", "train_critic", "trainable_critic", "truth"]
