@@ -128,11 +128,11 @@ class CriticRecipe:
     grad_clip: float = 1.0
     # Weight of the auxiliary captioning loss beside the questions (describe each image; training only).
     describe_weight: float = 0.0
-    # Curriculum: `probe_steps` steps of the cell probe alone (perception), then `describe_steps`
-    # of the captioning task (the LM learns to read image tokens), then the questions.
+    # Curriculum (PHASES): `probe_steps` steps of the cell probe alone (perception), then
+    # `inventory_steps` of the inventory task (`inventory`: Yes or No after each colour or shape word
+    # for whether the named image has it; binding words to image content), then `describe_steps` of
+    # the captioning task (the LM learns to read image tokens), then the questions.
     probe_steps: int = 0
-    # then `inventory_steps` of the inventory task (`inventory`: after each colour or shape word, Yes or
-    # No for whether the named image has it): a dense signal for binding words to image content
     inventory_steps: int = field(default=0, metadata={"hash": "unless_default"})
     describe_steps: int = 0
     changes_steps: int = 0  # then the comparison task (describe_changes) before the questions
