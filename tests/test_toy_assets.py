@@ -204,6 +204,32 @@ def test_pretrain_command_builds_into_a_folder(tmp_path, cache, monkeypatch):
     assert (out / "teacher" / "recipe.json").stat().st_mtime_ns == stamp
 
 
+def test_critics_of_a_changed_recipe_use_the_cached_teacher(tmp_path, cache, monkeypatch, capsys):
+    """pretrain --only critics --out DIR and evaluate --dir DIR take a teacher whose recipe is
+    unchanged from the cache instead of training a copy into DIR; evaluate --only teacher adds its
+    numbers to DIR/recipe.json without dropping the critics'."""
+    from harness.toyworld.__main__ import main
+
+    teacher = assets.ensure_teacher(tiny_teacher(), progress=False)  # in the cache
+    data = C.CriticDataRecipe(p_teacher=0.2, teacher_bank=4, pairs=16, teacher_hash=recipe_hash(tiny_teacher()))
+    monkeypatch.setattr(assets, "teacher_recipe", lambda: tiny_teacher())
+    monkeypatch.setattr(assets, "critic_recipe", lambda size: tiny_critic(size=size, data=data))
+    out = tmp_path / "out"
+    sets = ["--set", "critic.steps=3"]
+    assert main(["pretrain", "--only", "critics", "--out", str(out), "--sizes", "small", "--jobs", "1", *sets]) == 0
+    assert not (out / "teacher").exists() and read_recipe(out / "critic-small")["recipe"]["steps"] == 3
+    capsys.readouterr()
+    common = ["--dir", str(out), "--sizes", "small", "--captions", "2", "--pairs", "6", *sets]
+    assert main(["evaluate", *common]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["teacher"]["folder"] == str(teacher) and report["critics"]["small"]["accuracy"]["all"]["n"] > 0
+    assert main(["evaluate", "--only", "teacher", *common]) == 0
+    assert "critics" not in json.loads(capsys.readouterr().out)
+    quality = json.loads((out / "recipe.json").read_text())["quality"]
+    assert set(quality) >= {"teacher", "critics"} and "small" in quality["critics"]
+    assert not (out / "teacher").exists()
+
+
 def test_pretrain_and_evaluate_a_changed_recipe(tmp_path, cache, monkeypatch, capsys):
     """--set changes the recipes for pretrain --out and evaluate --dir alike; evaluate never
     retrains over models that another recipe made."""

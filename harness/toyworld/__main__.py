@@ -11,7 +11,8 @@ world.KEY=VALUE (the world of both), e.g.
   python -m harness.toyworld pretrain --out /tmp/try --set teacher.pos_spacing=2 --set world.grid=2
   python -m harness.toyworld evaluate --dir /tmp/try --set teacher.pos_spacing=2 --set world.grid=2
 Such models go to --out DIR only (runs keep using the current recipes); evaluate measures the
-teacher and the critics, so pretrain them all (or give evaluate the --sizes that were built)."""
+teacher and the critics (--only one of them); a model whose recipe --set leaves unchanged (the teacher,
+when only critic.* changed) is taken from the shipped copy or the cache when DIR lacks it."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="change a recipe: teacher.KEY=VALUE, critic.KEY=VALUE or world.KEY=VALUE (needs --out)")
     e = sub.add_parser("evaluate", help="measure the current recipes' models")
-    e.add_argument("--dir", type=Path, help="look for the models here (default: shipped copy, else cache)")
+    e.add_argument("--dir", type=Path, help="look for the models here (default: shipped copy, else cache); a model "
+                   "whose recipe --set leaves unchanged may also come from there")
+    e.add_argument("--only", choices=["teacher", "critics"], help="measure only the teacher or only the critics")
     e.add_argument("--captions", type=int, default=100, help="held-out captions per object count")
     e.add_argument("--pairs", type=int, default=1200, help="held-out (reference, candidate) pairs for the critics")
     e.add_argument("--sizes", default=",".join(SIZES))
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         threads(args.threads)
         try:
             report = evaluate(args.dir, n_captions=args.captions, n_pairs=args.pairs, sizes=sizes,
-                              overrides=tuple(args.overrides))
+                              overrides=tuple(args.overrides), only=args.only)
         except ValueError as e:
             ap.error(str(e))
         json.dump(report, sys.stdout, indent=1)

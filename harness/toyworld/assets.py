@@ -207,7 +207,11 @@ def critic_pool(recipe: Any, *, root: Path | None = None, part: str = "all", pro
             pool = C.build_pool(data, data.pairs, part="base", progress=progress)
         else:
             base = critic_pool(recipe, root=root, part="base", progress=progress)
-            teacher = ensure_teacher(teacher_recipe_, root=root, progress=progress)
+            t_recipe = teacher_recipe_ or teacher_recipe()
+            # a teacher of this recipe that is already shipped or cached is the same model: use it
+            # rather than train a copy into `root` (pretrain --only critics --out DIR)
+            teacher = (locate(TEACHER, t_recipe, root=root) if root is not None else None) \
+                or locate(TEACHER, t_recipe) or ensure_teacher(t_recipe, root=root, progress=progress)
             made_by = (read_recipe(teacher) or {}).get("hash")
             if made_by != data.teacher_hash:
                 raise ValueError(f"critic data recipe wants samples of teacher {data.teacher_hash!r}, but the teacher "

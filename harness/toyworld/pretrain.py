@@ -306,7 +306,8 @@ def pretrain(only: str | None = None, *, force: bool = False, out: Path | None =
 
 
 def _write_summary(root: Path, update: dict[str, Any]) -> None:
-    """root/recipe.json: the hashes of the models in `root` plus timings and quality (merged)."""
+    """root/recipe.json: the hashes of the models in `root` plus timings and quality (merged into
+    what is there)."""
     path = root / "recipe.json"
     info = json.loads(path.read_text()) if path.exists() else {}
     models = {}
@@ -314,19 +315,30 @@ def _write_summary(root: Path, update: dict[str, Any]) -> None:
         rec = read_recipe(sub) if sub.is_dir() else None
         if rec is not None:
             models[sub.name] = {"hash": rec["hash"], "train_seconds": rec.get("train", {}).get("seconds")}
-    info.update(update)
+    _merge(info, update)
     info["models"] = models
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
 
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Nested dicts merged key by key (a later evaluate of one model keeps the others' numbers)."""
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
 def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 1200, sizes: tuple[str, ...] | None = None,
-             seed: int = 0, progress: bool = True, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+             seed: int = 0, progress: bool = True, overrides: tuple[str, ...] = (),
+             only: str | None = None) -> dict[str, Any]:
     """Quality of the current recipes' models (looked up like ensure_* does, or in `root`), or of
     the recipes changed by `overrides`: the teacher's parse-back rate on held-out captions (one- and
     two-object) and each critic's held-out accuracy per question kind on clean, degraded and
-    teacher-drawn candidates."""
+    teacher-drawn candidates. `only`: "teacher" or "critics" measures just those (the critics'
+    held-out pairs still include teacher-drawn candidates, so the teacher is needed either way)."""
     from harness.toyworld import assets
     from harness.toyworld import critics as C
     from harness.toyworld import teacher as TT
@@ -342,7 +354,9 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
     def find(name: str, recipe: Any, build: Any) -> Path:
         if root is None:
             return build()
-        folder = assets.locate(name, recipe, root=root)  # never retrain over the models being measured
+        # never retrain over the models being measured; a model of an unchanged recipe (say the
+        # teacher, when only the critics were pretrained into root) may come from the shipped copy or the cache
+        folder = assets.locate(name, recipe, root=root) or assets.locate(name, recipe)
         if folder is None:
             made = (read_recipe(Path(root) / name) or {}).get("hash", "nothing")
             raise ValueError(f"{Path(root) / name}: not made by the recipe to measure ({recipe_hash(recipe)}; found "
@@ -350,14 +364,20 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
         return folder
 
     teacher = find(assets.TEACHER, t_recipe, lambda: assets.ensure_teacher(t_recipe, progress=progress))
-    backbone = TT.load_teacher(teacher)
-    rates = {}
-    for n in (1, 2):
-        rates[f"{n}_object"], _ = TT.parse_back_rate(backbone, t_recipe.world, n_captions, n, seed=seed)
-    p_two = t_recipe.world.p_two
-    rates["world_mix"] = (1 - p_two) * rates["1_object"] + p_two * rates["2_object"]
-    report["teacher"] = {"parse_back": rates, "n_per_count": n_captions, "sampler": "euler 20 steps, guidance 4"}
-    log(f"teacher parse-back: {rates}")
+    if only != "critics":
+        backbone = TT.load_teacher(teacher)
+        rates = {}
+        for n in (1, 2):
+            rates[f"{n}_object"], _ = TT.parse_back_rate(backbone, t_recipe.world, n_captions, n, seed=seed)
+        p_two = t_recipe.world.p_two
+        rates["world_mix"] = (1 - p_two) * rates["1_object"] + p_two * rates["2_object"]
+        report["teacher"] = {"parse_back": rates, "n_per_count": n_captions, "sampler": "euler 20 steps, guidance 4",
+                             "folder": str(teacher)}
+        log(f"teacher parse-back: {rates}")
+    if only == "teacher":
+        if root is not None:
+            _write_summary(Path(root), {"quality": report})
+        return report
 
     sizes = tuple(sizes or C.SIZES)
     data = c_recipes[sizes[0]].data
