@@ -23,13 +23,13 @@ def tiny_recipe(**kw) -> T.TeacherRecipe:
     return T.TeacherRecipe(**{**base, **kw})
 
 
-def texts_of_the_world(n: int = 40) -> list[str]:
+def texts_of_the_world(n: int = 40, world: WorldConfig = WORLD) -> list[str]:
     from methods.np_edit import NPEditConfig
 
     out = list(NPEditConfig().noop_instructions) + [""]
-    for t in supported_edit_types(WORLD):
+    for t in supported_edit_types(world):
         for i in range(n):
-            e = sample_edit(np.random.default_rng([3, i]), WORLD, t)
+            e = sample_edit(np.random.default_rng([3, i]), world, t)
             out += [e.instruction, e.caption_ref, e.caption_edit]
     return out
 
@@ -38,6 +38,11 @@ def test_text_length_bound_is_tight_and_holds():
     lengths = [len(words(s)) + 2 for s in texts_of_the_world(300)]
     assert max(lengths) <= T.max_text_tokens(WORLD)
     assert max(lengths) >= T.max_text_tokens(WORLD) - 1  # the bound is reached (customization instructions)
+    world = replace(WORLD, caption_positions=True)  # captions grow by "in the <cell>" per object
+    assert max(len(words(s)) + 2 for s in texts_of_the_world(300, world)) <= T.max_text_tokens(world)
+    captions = [len(words(e.caption_edit)) + 2 for t in ("add", "replace") for i in range(300)
+                for e in [sample_edit(np.random.default_rng([4, i]), world, t)]]
+    assert max(captions) >= T.max_text_tokens(world) - 1  # two objects, each with its cell
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +147,10 @@ def test_caption_facts_ignore_position_and_size():
     assert T.caption_facts(a) != T.caption_facts(replace(a, background="black"))
     outline = Scene("white", "outline", (Obj("circle", "red", "small", 0, "solid", 0),))
     assert T.caption_facts(outline)[2] == (("red", "circle", "solid"),)
+    placed = replace(WORLD, caption_positions=True)  # then the cells count, the sizes still do not
+    assert T.caption_facts(a, placed) != T.caption_facts(b, placed)
+    assert T.caption_facts(a, placed) == T.caption_facts(replace(b, objects=(
+        replace(b.objects[0], pos=4), replace(b.objects[1], pos=0))), placed)
 
 
 # ---------------------------------------------------------------------------------------------

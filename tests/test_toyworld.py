@@ -186,10 +186,28 @@ def test_captions_do_not_pin_positions_or_sizes():
         moved = replace(s, objects=tuple(replace(o, pos=(o.pos + 1) % 9 if len(s.objects) == 1 else o.pos,
                                                  size="large" if o.size == "small" else "small")
                                          for o in s.objects))
-        cap = text.caption(s, rng(12, i))
-        assert cap == text.caption(moved, rng(12, i))
+        cap = text.caption(s, rng(12, i), cfg)
+        assert cap == text.caption(moved, rng(12, i), cfg)
         assert not any(w in text.words(cap) for w in ("small", "large", "left", "right", "top", "bottom", "center"))
         assert all(o.color in cap and o.shape in cap for o in s.objects) and s.background in cap
+
+
+def test_captions_with_positions_name_each_objects_cell_but_not_its_size():
+    cfg = WorldConfig(caption_positions=True)
+    for i in range(200):
+        s = sample_scene(rng(11, i), cfg)
+        cap = text.caption(s, rng(12, i), cfg)
+        for o in s.objects:
+            assert f"{o.color} {o.shape} in the {cfg.positions[o.pos]}" in cap, cap
+        without = cap
+        for o in s.objects:
+            without = without.replace(f" in the {cfg.positions[o.pos]}", "", 1)
+        assert without == text.caption(s, rng(12, i))  # otherwise the caption the world writes without positions
+        resized = replace(s, objects=tuple(replace(o, size="large" if o.size == "small" else "small") for o in s.objects))
+        assert cap == text.caption(resized, rng(12, i), cfg)
+        if len(s.objects) == 1:
+            moved = replace(s, objects=(replace(s.objects[0], pos=(s.objects[0].pos + 1) % 9),))
+            assert cap != text.caption(moved, rng(12, i), cfg)
 
 
 @pytest.mark.parametrize("world", WORLDS)

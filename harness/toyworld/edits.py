@@ -194,7 +194,7 @@ def make_edit(scene: Scene, edit_type: str, rng: np.random.Generator, cfg: World
     if made is None:
         return None
     target, instr, obj, detail = made
-    return Edit(edit_type, instr, obj, scene, target, text.caption(scene, rng), text.caption(target, rng), detail)
+    return Edit(edit_type, instr, obj, scene, target, text.caption(scene, rng, cfg), text.caption(target, rng, cfg), detail)
 
 
 def supported_edit_types(cfg: WorldConfig) -> list[str]:

@@ -56,6 +56,9 @@ class WorldConfig:
     p_outline: float = 0.2  # probability of the outline style (when both styles are enabled)
     p_solid: float = 0.5  # probability of the solid pattern; other patterns share the rest
     test_fraction: float = 0.1  # share of all scenes held out for the benchmark (by a hash of the scene)
+    # Captions also name each object's cell ("a red circle in the top left"); sizes stay unnamed,
+    # so c^x still does not pin the target down. Off: captions name no position.
+    caption_positions: bool = field(default=False, metadata={"hash": "unless_default"})
 
     def validate(self) -> None:
         def check(key: str, values: list[str], allowed: Any, min_len: int = 1) -> None:

@@ -96,6 +96,8 @@ def max_text_tokens(world: WorldConfig) -> int:
     obj_words = 4 if len(world.patterns) > 1 else 3  # article [pattern] colour shape
     slot = {"object": 2, "color": 1, "pattern": 1, "shape": 1, "background": 1, "new": obj_words + 1,
             "place": 2 + pos_words, "to_place": 2 + pos_words, "objects": world.max_objects * (obj_words + 1) - 1}
+    if world.caption_positions:  # "... in the top left" after each object
+        slot["objects"] += world.max_objects * (2 + pos_words)
     slot["setting"] = max(_template_words(s, slot) for s in T.SETTINGS)
     longest = max(_template_words(t, slot) for group in (*T.CAPTIONS.values(), *T.INSTRUCTIONS.values())
                   for t in group)
@@ -183,7 +185,7 @@ def training_batch(recipe: TeacherRecipe, step: int) -> tuple[torch.Tensor, list
         n = 2 if w.max_objects >= 2 and rng.random() < recipe.p_two else 1
         scene = sample_scene(rng, w, n_objects=n, split="train")
         images.append(render(scene, w))
-        c = T.caption(scene, rng)
+        c = T.caption(scene, rng, w)
         captions.append("" if rng.random() < recipe.p_uncond else c)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return x, captions
@@ -296,10 +298,13 @@ def sample(backbone: Any, prompts: list[str], *, seed: int = 0, steps: int = 20,
     return ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def caption_facts(scene: Scene) -> tuple:
+def caption_facts(scene: Scene, world: WorldConfig | None = None) -> tuple:
     """What a caption states about a scene: background, style, and each object's colour, shape and
-    pattern (captions omit positions and sizes; outline drawings have no pattern)."""
-    objs = sorted((o.color, o.shape, o.pattern if scene.style == "filled" else "solid") for o in scene.objects)
+    pattern, and its cell when `world.caption_positions` (captions omit sizes; outline drawings
+    have no pattern)."""
+    at = world is not None and world.caption_positions
+    objs = sorted((o.color, o.shape, o.pattern if scene.style == "filled" else "solid", *((o.pos,) if at else ()))
+                  for o in scene.objects)
     return scene.background, scene.style, tuple(objs)
 
 
@@ -309,7 +314,7 @@ def held_out_captions(world: WorldConfig, n: int, n_objects: int, seed: int = 0)
     for i in range(n):
         rng = np.random.default_rng([0x7E57, seed, n_objects, i])
         scene = sample_scene(rng, world, n_objects=n_objects, split="test")
-        out.append((scene, T.caption(scene, rng)))
+        out.append((scene, T.caption(scene, rng, world)))
     return out
 
 
@@ -321,7 +326,7 @@ def parse_back_rate(backbone: Any, world: WorldConfig, n: int, n_objects: int, *
 
     pairs = held_out_captions(world, n, n_objects, seed)
     images = sample(backbone, [c for _, c in pairs], seed=seed, steps=steps, guidance=guidance)
-    ok = [caption_facts(parse(img, world)) == caption_facts(s) for img, (s, _) in zip(images, pairs)]
+    ok = [caption_facts(parse(img, world), world) == caption_facts(s, world) for img, (s, _) in zip(images, pairs)]
     return float(np.mean(ok)), images
 
 

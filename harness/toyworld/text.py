@@ -1,8 +1,9 @@
 """Captions and edit instructions of the built-in world, and the vocabulary they use.
 
 Captions name each object's colour, shape and pattern, the background and the drawing style, but
-never an object's position or size: a text-to-image model given the caption of an edited scene
-(c^x) cannot reproduce the edit target without looking at the reference image.
+never an object's size, nor (unless the world's `caption_positions` is on) its position: a
+text-to-image model given the caption of an edited scene (c^x) cannot reproduce the edit target
+without looking at the reference image.
 Every phrase comes from the tables below, so `vocabulary` can list all words the world can say.
 """
 from __future__ import annotations
@@ -106,9 +107,12 @@ def to_place(pos: int, cfg: WorldConfig) -> str:
     return f"to the {cfg.positions[pos]}"
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A caption that names what is in the scene but not where or how big (c^y / c^x)."""
+def caption(scene: Scene, rng: np.random.Generator, world: WorldConfig | None = None) -> str:
+    """A caption that names what is in the scene but not how big, nor where unless
+    `world.caption_positions` (c^y / c^x)."""
     objs = [describe(o, scene.style) for o in scene.objects]
+    if world is not None and world.caption_positions:
+        objs = [f"{d} {place(o.pos, world)}" for d, o in zip(objs, scene.objects)]
     if len(objs) > 1:
         objs = [objs[i] for i in rng.permutation(len(objs))]
     template = _choose(rng, CAPTIONS[scene.style])
