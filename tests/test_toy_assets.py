@@ -77,6 +77,8 @@ def test_hash_ignores_nothing_that_changes_the_weights():
     for change in ({"steps": r.steps + 1}, {"p_uncond": 0.2}, {"save_dtype": "float32"}, {"pos_spacing": 2.0},
                    {"qk_norm": "rms_norm"}, {"lr_schedule": "constant"}):
         assert recipe_hash(T.TeacherRecipe(**change)) != recipe_hash(r)
+    # how the teacher is sampled for its bar is not in its weights
+    assert recipe_hash(T.TeacherRecipe(sample_steps=7, sample_guidance=1.5, sample_shift=1.0)) == recipe_hash(r)
     # a critic trained on teacher samples is keyed by its teacher too; one trained without is not
     with_samples = C.CriticRecipe(data=C.CriticDataRecipe(p_teacher=0.1, teacher_hash="abc"))
     assert recipe_hash(with_samples) != recipe_hash(C.CriticRecipe(data=C.CriticDataRecipe(p_teacher=0.1, teacher_hash="abd")))
@@ -279,3 +281,35 @@ def test_pretrain_command_refuses_a_device_it_cannot_use(device, says, capsys, c
     assert exit_.value.code == 2
     assert says in capsys.readouterr().err
     assert not cache.exists()  # refused before building anything
+
+
+def test_evaluate_samples_the_current_teacher_another_way_without_a_folder(cache, monkeypatch, capsys):
+    """--set teacher.sample_* only changes how evaluate samples the teacher: no --dir needed, the
+    cached model is measured with that sampler (the time shift reaches the Euler grid), and
+    nothing is trained; a --set that changes weights still needs --dir."""
+    from harness.models.sampler import euler_sample
+    from harness.toyworld.__main__ import main
+
+    folder = assets.ensure_teacher(tiny_teacher(), progress=False)
+    monkeypatch.setattr(assets, "teacher_recipe", lambda: tiny_teacher())
+    monkeypatch.setattr(assets, "critic_recipe", lambda size: tiny_critic(size=size))
+    assert not assets.changes_weights(["teacher.sample_shift=5"]) and assets.changes_weights(["teacher.steps=3"])
+    seen = []
+    real = euler_sample
+
+    def spy(*args, **kw):
+        seen.append((kw["steps"], kw["guidance"], kw["shift"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr("harness.models.sampler.euler_sample", spy)
+    before = sorted(p.name for p in folder.parent.iterdir())
+    capsys.readouterr()
+    assert main(["evaluate", "--only", "teacher", "--captions", "2", "--set", "teacher.sample_shift=5",
+                 "--set", "teacher.sample_steps=3", "--set", "teacher.sample_guidance=1.5"]) == 0
+    report = json.loads(capsys.readouterr().out)["teacher"]
+    assert report["folder"] == str(folder) and report["sampler"] == "euler 3 steps, guidance 1.5, shift 5"
+    assert seen and set(seen) == {(3, 1.5, 5.0)}
+    assert sorted(p.name for p in folder.parent.iterdir()) == before  # nothing trained
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--only", "teacher", "--set", "teacher.steps=3"])
+    assert "--dir DIR" in capsys.readouterr().err

@@ -12,7 +12,10 @@ world.KEY=VALUE (the world of both), e.g.
   python -m harness.toyworld evaluate --dir /tmp/try --set teacher.pos_spacing=2 --set world.grid=2
 Such models go to --out DIR only (runs keep using the current recipes); evaluate measures the
 teacher and the critics (--only one of them); a model whose recipe --set leaves unchanged (the teacher,
-when only critic.* changed) is taken from the shipped copy or the cache when DIR lacks it."""
+when only critic.* changed) is taken from the shipped copy or the cache when DIR lacks it.
+teacher.sample_steps / sample_guidance / sample_shift change only how evaluate samples the teacher, so
+they need no DIR:
+  python -m harness.toyworld evaluate --only teacher --set teacher.sample_shift=1 --set teacher.sample_guidance=4"""
 from __future__ import annotations
 
 import argparse
@@ -56,15 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"--sizes: unknown {bad}; sizes: {', '.join(SIZES)}")
     from harness.config import ConfigError
-    from harness.toyworld.assets import recipes_with
+    from harness.toyworld.assets import changes_weights
 
-    if args.overrides and (args.out if args.command == "pretrain" else args.dir) is None:
-        ap.error(f"--set: recipes changed with --set live in a folder of their own; give it as "
-                 f"{'--out' if args.command == 'pretrain' else '--dir'} DIR (runs keep using the current recipes)")
     try:
-        recipes_with(args.overrides)
+        weights = changes_weights(args.overrides)
     except ConfigError as e:
         ap.error(str(e))
+    # evaluate may measure the current models another way (teacher.sample_*) without --dir
+    if args.overrides and (args.out if args.command == "pretrain" else args.dir) is None \
+            and (weights or args.command == "pretrain"):
+        ap.error(f"--set: recipes changed with --set live in a folder of their own; give it as "
+                 f"{'--out' if args.command == 'pretrain' else '--dir'} DIR (runs keep using the current recipes)")
     if args.command == "pretrain":
         import torch
 

@@ -106,6 +106,15 @@ def recipes_with(overrides: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
     return teacher, critics
 
 
+def changes_weights(overrides: Sequence[str]) -> bool:
+    """Whether `--set` overrides change what any model is trained from (its recipe hash), rather
+    than only how it is measured (say teacher.sample_shift)."""
+    from harness.toyworld.pretrain import recipe_hash
+
+    (t0, c0), (t1, c1) = recipes_with(()), recipes_with(overrides)
+    return recipe_hash(t0) != recipe_hash(t1) or any(recipe_hash(c0[k]) != recipe_hash(c1[k]) for k in c0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Lookup
 

@@ -345,7 +345,7 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
     from harness.models.llava import LlavaCriticConfig, load_llava_critic
 
     report: dict[str, Any] = {}
-    if overrides and root is None:
+    if overrides and root is None and assets.changes_weights(overrides):
         raise ValueError("recipes changed with --set are looked up in the folder pretrain --out wrote: give it as --dir DIR")
     t_recipe, c_recipes = assets.recipes_with(overrides)
     if overrides:
@@ -368,11 +368,13 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
         backbone = TT.load_teacher(teacher)
         rates = {}
         for n in (1, 2):
-            rates[f"{n}_object"], _ = TT.parse_back_rate(backbone, t_recipe.world, n_captions, n, seed=seed)
+            rates[f"{n}_object"], _ = TT.parse_back_rate(backbone, t_recipe.world, n_captions, n, seed=seed,
+                                                         **t_recipe.sampler())
         p_two = t_recipe.world.p_two
         rates["world_mix"] = (1 - p_two) * rates["1_object"] + p_two * rates["2_object"]
-        report["teacher"] = {"parse_back": rates, "n_per_count": n_captions, "sampler": "euler 20 steps, guidance 4",
-                             "folder": str(teacher)}
+        s = t_recipe.sampler()
+        report["teacher"] = {"parse_back": rates, "n_per_count": n_captions, "folder": str(teacher),
+                             "sampler": f"euler {s['steps']} steps, guidance {s['guidance']:g}, shift {s['shift']:g}"}
         log(f"teacher parse-back: {rates}")
     if only == "teacher":
         if root is not None:
