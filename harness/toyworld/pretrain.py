@@ -366,13 +366,11 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
     teacher = find(assets.TEACHER, t_recipe, lambda: assets.ensure_teacher(t_recipe, progress=progress))
     if only != "critics":
         backbone = TT.load_teacher(teacher)
-        rates = {}
+        rates, s = {}, t_recipe.sampler()
         for n in (1, 2):
-            rates[f"{n}_object"], _ = TT.parse_back_rate(backbone, t_recipe.world, n_captions, n, seed=seed,
-                                                         **t_recipe.sampler())
+            rates[f"{n}_object"], _ = TT.parse_back_rate(backbone, t_recipe.world, n_captions, n, seed=seed, **s)
         p_two = t_recipe.world.p_two
         rates["world_mix"] = (1 - p_two) * rates["1_object"] + p_two * rates["2_object"]
-        s = t_recipe.sampler()
         report["teacher"] = {"parse_back": rates, "n_per_count": n_captions, "folder": str(teacher),
                              "sampler": f"euler {s['steps']} steps, guidance {s['guidance']:g}, shift {s['shift']:g}"}
         log(f"teacher parse-back: {rates}")
