@@ -89,7 +89,7 @@ class TeacherRecipe:
         if self.sample_steps < 1 or self.sample_shift <= 0:
             raise ValueError(f"sample_steps must be >= 1 and sample_shift > 0, got {self.sample_steps}, {self.sample_shift}")
 
-    def sampler(self) -> dict[str, float]:
+    def sampler(self) -> dict[str, Any]:
         return {"steps": self.sample_steps, "guidance": self.sample_guidance, "shift": self.sample_shift}
 
 
