@@ -15,9 +15,9 @@ from benchmarks.shapes_edit import PQ_TAU, PQ_TOLERANCE, ShapesEdit, ShapesEditC
 from harness.registry import BENCHMARKS
 from harness.toyworld.edits import EDIT_TYPES, Edit, sample_edit, supported_edit_types
 from harness.toyworld.render import render, to_pil
-from harness.toyworld.scenes import PALETTE, Obj, Scene, WorldConfig, split_of
+from harness.toyworld.scenes import PALETTE, Obj, Scene, full_world, split_of
 
-CFG = WorldConfig()
+CFG = full_world()  # the hand-made scenes below use its 3x3 grid, diamonds and purple
 
 
 @pytest.fixture(scope="module")

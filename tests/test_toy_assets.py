@@ -74,8 +74,8 @@ def test_critic_cache_and_shared_training_examples(cache, monkeypatch):
 def test_hash_ignores_nothing_that_changes_the_weights():
     r = T.TeacherRecipe()
     assert recipe_hash(r) == recipe_hash(T.TeacherRecipe())
-    for change in ({"steps": r.steps + 1}, {"p_uncond": 0.2}, {"save_dtype": "float32"}, {"pos_spacing": 2.0},
-                   {"qk_norm": "rms_norm"}, {"lr_schedule": "constant"}):
+    for change in ({"steps": r.steps + 1}, {"p_uncond": 0.2}, {"save_dtype": "float32"}, {"pos_spacing": 0.0},
+                   {"qk_norm": "none"}, {"lr_schedule": "cosine"}, {"t_sampling": "uniform"}):
         assert recipe_hash(T.TeacherRecipe(**change)) != recipe_hash(r)
     # how the teacher is sampled for its bar is not in its weights
     assert recipe_hash(T.TeacherRecipe(sample_steps=7, sample_guidance=1.5, sample_shift=1.0)) == recipe_hash(r)
@@ -240,14 +240,14 @@ def test_pretrain_and_evaluate_a_changed_recipe(tmp_path, cache, monkeypatch, ca
     monkeypatch.setattr(assets, "teacher_recipe", lambda: tiny_teacher())
     monkeypatch.setattr(assets, "critic_recipe", lambda size: tiny_critic(size=size))
     out = tmp_path / "out"
-    sets = ["--set", "teacher.pos_spacing=2", "--set", "world.grid=2", "--set", "critic.steps=3"]
+    sets = ["--set", "teacher.pos_spacing=0", "--set", "world.grid=3", "--set", "critic.steps=3"]
     assert main(["pretrain", "--out", str(out), "--sizes", "small", "--jobs", "1", *sets]) == 0
     default_teacher, default_critics = assets.recipes_with(())
     assert recipe_hash(default_teacher) == recipe_hash(tiny_teacher())  # no --set: the current recipes
     assert recipe_hash(default_critics["small"]) == recipe_hash(tiny_critic(size="small"))
     teacher, critics = assets.recipes_with(sets[1::2])
-    assert teacher.pos_spacing == 2.0 and teacher.world.grid == 2 and critics["small"].data.world.grid == 2
-    assert critics["small"].arch.image_size == 2 * critics["small"].arch.patch_size  # one image token per cell
+    assert teacher.pos_spacing == 0.0 and teacher.world.grid == 3 and critics["small"].data.world.grid == 3
+    assert critics["small"].arch.image_size == 3 * critics["small"].arch.patch_size  # one image token per cell
     assert read_recipe(out / "teacher")["hash"] == recipe_hash(teacher) != recipe_hash(tiny_teacher())
     assert read_recipe(out / "critic-small")["recipe"]["steps"] == 3
     assert json.loads((out / "recipe.json").read_text())["pretrain"]["runs"][0]["set"] == sets[1::2]

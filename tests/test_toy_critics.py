@@ -212,12 +212,13 @@ def test_inventory_phase_lowers_the_inventory_loss_and_scores_only_the_answers(t
     assert after_loss < 0.8 * before_loss and after_loss < entropy + 0.1, (before_loss, after_loss, entropy)
 
 
-def test_default_recipes_keep_their_hash_without_the_inventory_phase():
+def test_the_inventory_phase_is_part_of_the_hash():
     from harness.toyworld.pretrain import recipe_hash
 
-    r = tiny_recipe()
-    assert recipe_hash(r) == recipe_hash(replace(r, inventory_steps=0, inventory_weight=0.0))
-    assert recipe_hash(r) != recipe_hash(replace(r, inventory_steps=10))
+    r = C.default_critic_recipe("small")
+    assert r.inventory_steps > 0 and r.inventory_weight > 0  # the default curriculum has the phase
+    assert recipe_hash(r) != recipe_hash(replace(r, inventory_steps=0))
+    assert recipe_hash(r) != recipe_hash(replace(r, inventory_weight=0.0))
 
 
 def test_saved_critic_reloads_and_answers_identically(trained, small_pool):
@@ -251,10 +252,9 @@ def test_training_resumes_exactly(tmp_path, small_pool):
 # The shipped critics
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the shipped critics answer ~63% of clean held-out questions, "
-                                      "not rising with size. Remove this marker when a recipe meets the bar.")
-def test_shipped_critics_answer_held_out_questions_better_with_size():
-    """On held-out (test-split) clean pairs, accuracy rises with size and the large critic is > 90%."""
+@pytest.fixture(scope="module")
+def shipped_accuracy() -> dict[str, float]:
+    """Each shipped critic's accuracy on 160 held-out (test-split) clean pairs (320 questions)."""
     from harness.toyworld import assets
 
     pool = C.build_pool(C.CriticDataRecipe(p_teacher=0.0), 160, split="test", seed=7, p_degraded=0.0)
@@ -265,5 +265,15 @@ def test_shipped_critics_answer_held_out_questions_better_with_size():
             f"no shipped {size} critic for the current recipe: run `python -m harness.toyworld pretrain --out harness/toyworld/pretrained`"
         critic = load_llava_critic(LlavaCriticConfig(path=str(folder)))
         acc[size] = C.accuracy_table(C.predictions(critic, pool))["clean"]["all"]
+    return acc
+
+
+def test_shipped_critics_answer_held_out_questions_better_with_size(shipped_accuracy):
+    acc = shipped_accuracy
     assert acc["small"] < acc["medium"] < acc["large"], acc
-    assert acc["large"] > 0.9, acc
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: the shipped large critic answers 85% of these clean held-out questions "
+                                      "(small 74%, medium 82%). Remove this marker when a recipe meets the bar.")
+def test_shipped_large_critic_answers_over_90_percent_of_held_out_questions(shipped_accuracy):
+    assert shipped_accuracy["large"] > 0.9, shipped_accuracy

@@ -13,12 +13,13 @@ from harness.toyworld.dataset import build_world_datasets, read_pair_scenes, wor
 from harness.toyworld.edits import EDIT_TYPES, make_edit, sample_edit, supported_edit_types
 from harness.toyworld.parse import parse
 from harness.toyworld.render import object_pixels, render
-from harness.toyworld.scenes import Obj, Scene, WorldConfig, check_scene, sample_scene, split_of
+from harness.toyworld.scenes import Obj, Scene, WorldConfig, check_scene, full_world, sample_scene, split_of
 
 WORLDS = {
     "default": WorldConfig(),
+    "full": full_world(),
     "64px-3patterns": WorldConfig(size=64, patterns=["solid", "striped", "checkered"]),
-    "grid2-3sizes": WorldConfig(grid=2, sizes=["small", "medium", "large"], max_objects=2),
+    "full-3sizes": full_world(sizes=["small", "medium", "large"], max_objects=2),
 }
 
 
@@ -206,7 +207,7 @@ def test_captions_with_positions_name_each_objects_cell_but_not_its_size():
         resized = replace(s, objects=tuple(replace(o, size="large" if o.size == "small" else "small") for o in s.objects))
         assert cap == text.caption(resized, rng(12, i), cfg)
         if len(s.objects) == 1:
-            moved = replace(s, objects=(replace(s.objects[0], pos=(s.objects[0].pos + 1) % 9),))
+            moved = replace(s, objects=(replace(s.objects[0], pos=(s.objects[0].pos + 1) % len(cfg.positions)),))
             assert cap != text.caption(moved, rng(12, i), cfg)
 
 

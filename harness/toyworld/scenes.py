@@ -44,10 +44,12 @@ class WorldConfig:
     """Everything that defines the built-in world. Plain types, so it can sit inside a run config."""
 
     size: int = 32  # image side in pixels
-    grid: int = 3  # objects sit at the centres of a grid x grid layout of cells (2 or 3)
-    shapes: list[str] = field(default_factory=lambda: list(SHAPES))
-    colors: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow", "purple", "orange"])
-    backgrounds: list[str] = field(default_factory=lambda: ["white", "black", "gray"])
+    # The default is the "simple world" (2x2 grid, 3 shapes, 4 colours, 2 backgrounds): the world
+    # whose toy teacher and critics came closest to their quality bars on a 2-core CPU (README).
+    grid: int = 2  # objects sit at the centres of a grid x grid layout of cells (2 or 3)
+    shapes: list[str] = field(default_factory=lambda: ["circle", "square", "triangle"])  # + "diamond"
+    colors: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow"])  # + "purple", "orange"
+    backgrounds: list[str] = field(default_factory=lambda: ["white", "black"])  # + "gray"
     sizes: list[str] = field(default_factory=lambda: ["small", "large"])  # smallest first
     patterns: list[str] = field(default_factory=lambda: ["solid", "striped"])  # + "checkered"
     styles: list[str] = field(default_factory=lambda: list(STYLES))
@@ -102,6 +104,19 @@ class WorldConfig:
     def size_px(self, size: str) -> int:
         """Side in pixels of the bounding box of an object of this size."""
         return max(3, round(SIZE_FRACTION[size] * (self.size // self.grid)))
+
+
+# The larger world the project started from (3x3 grid, every shape, 6 colours, 3 backgrounds); its
+# teacher and critics were not learnable on a 2-core CPU budget (README). As `pretrain --set`:
+#   world.grid=3 "world.shapes=[circle,square,triangle,diamond]"
+#   "world.colors=[red,green,blue,yellow,purple,orange]" "world.backgrounds=[white,black,gray]"
+FULL_WORLD = {"grid": 3, "shapes": list(SHAPES), "colors": ["red", "green", "blue", "yellow", "purple", "orange"],
+              "backgrounds": ["white", "black", "gray"]}
+
+
+def full_world(**changes: Any) -> WorldConfig:
+    fresh = {k: list(v) if isinstance(v, list) else v for k, v in FULL_WORLD.items()}
+    return WorldConfig(**{**fresh, **changes})
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ over a word-level tokenizer of the world's whole vocabulary (captions, instructi
 'do nothing' instructions), written by `save_tiny_sd3` and loaded by `SD3Backbone` like real SD3.
 
 Training: flow matching on rendered training-split scenes (x_t = (1 - t) x + t eps, v = eps - x,
-uniform t by default), from DiT's adaLN-Zero initialisation, the text encoder trained jointly and
+logit-normal t by default), from DiT's adaLN-Zero initialisation, the text encoder trained jointly and
 read as SD3Backbone reads it (penultimate hidden states + projected pooled embedding), captions
-dropped to "" with probability `p_uncond` so classifier-free guidance works, AdamW with warmup +
-cosine decay (or a constant rate), EMA weights saved (in float16 by default: the shipped copy must
+dropped to "" with probability `p_uncond` so classifier-free guidance works, AdamW with warmup and
+a constant rate (or cosine decay), EMA weights saved (in float16 by default: the shipped copy must
 stay small).
 """
 from __future__ import annotations
@@ -45,22 +45,22 @@ class TeacherRecipe:
     text_heads: int = 2
     # sin-cos position units between neighbouring tokens; 0 = SD3's own grid (pos_embed_max_size =
     # twice the token grid: half a unit apart, which a tiny model separates poorly)
-    pos_spacing: float = field(default=0.0, metadata={"hash": "unless_default"})
-    qk_norm: Literal["none", "rms_norm"] = field(default="none", metadata={"hash": "unless_default"})
+    pos_spacing: float = 2.0
+    qk_norm: Literal["none", "rms_norm"] = "rms_norm"
     init_seed: int = 0
     # training
-    steps: int = 3000
+    steps: int = 6000
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup_steps: int = 50
-    lr_schedule: Literal["cosine", "constant"] = field(default="cosine", metadata={"hash": "unless_default"})
+    lr_schedule: Literal["cosine", "constant"] = "constant"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     p_uncond: float = 0.1  # caption dropout to "" (the unconditional branch of guidance)
-    p_two: float = 0.35  # share of two-object training scenes (the world's own mix)
-    # uniform t: a third of the steps at t > 0.7, where the layout of a sample is decided
-    t_sampling: Literal["logit_normal", "uniform"] = "uniform"
+    p_two: float = 0.25  # share of two-object training scenes (the world's own mix is 0.35)
+    # logit-normal t (SD3's) or uniform t (a third of the steps at t > 0.7, where the layout is decided)
+    t_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     seed: int = 0
     save_dtype: Literal["float16", "float32"] = "float16"
     # How the teacher is sampled for its quality bar: Euler with classifier-free guidance on SD3's
