@@ -103,3 +103,6 @@ class Spec:
     build: Callable[..., Any]
     defaults: dict[str, Any] = field(default_factory=dict)
     help: str = ""
+    # (section, run config) -> the section as this run needs it, or ValueError: for entries that
+    # depend on another part of the run (the built-in world's models take the run's world)
+    resolve: Callable[[Any, Any], Any] | None = None

@@ -88,5 +88,19 @@ class RunConfig:
     plugins: list[str] = field(default_factory=list)
     name: str = nohash("", help="a label for tables; does not change the run id")
 
+    def validate(self) -> None:
+        """Model entries that depend on the rest of the run (registry Spec.resolve) take it here,
+        so that config.yaml, the run id and an exported editor all record what the run used."""
+        from harness.registry import BACKBONES, CRITICS
+
+        for part, reg in (("backbone", BACKBONES), ("critic", CRITICS)):
+            section = getattr(self.model, part)
+            resolve = reg.get(section.name).resolve if section is not None else None
+            if resolve is not None:
+                try:
+                    setattr(self.model, part, resolve(section, self))
+                except ValueError as e:
+                    raise ValueError(f"model.{part}: {e}") from None
+
 
 Precision = Literal["float32", "bfloat16", "float16"]

@@ -164,6 +164,51 @@ def test_run_config_names_them():
     assert cfg.model.backbone.name == "toy_mmdit" and cfg.model.critic.size == "medium"
 
 
+def test_a_run_on_another_world_gets_that_worlds_models(cache):
+    from dataclasses import replace
+
+    from harness.config import ConfigError, build_section, config_hash, load_run_config, to_dict
+    from harness.toyworld.pretrain import write_recipe
+    from harness.toyworld.scenes import WorldConfig, full_world
+
+    toy = str(REPO / "configs/toy/np_edit.yaml")
+    default = load_run_config(toy)
+    assert default.model.backbone.world == default.model.critic.world == WorldConfig()
+    # at the default world the models' world stays out of the hash: published run ids hold
+    assert "world" not in to_dict(default.model.backbone, for_hash=True)
+    assert "world" not in to_dict(default.model.critic, for_hash=True)
+
+    full = full_world()
+    cfg = load_run_config(toy, {"eval.benchmarks": [{"name": "shapes_edit", "world": to_dict(full)}]})
+    assert cfg.model.backbone.world == cfg.model.critic.world == full
+    assert config_hash(cfg) != config_hash(default)
+    # an exported editor rebuilds its backbone from the section's dict (methods.common.load_editor)
+    assert build_section(BACKBONES, to_dict(cfg.model.backbone), "editor.json", "backbone") == cfg.model.backbone
+
+    # the built-in models of that world: found by their recipes' hashes (made here untrained, as
+    # pretraining would have left them)
+    t_recipe = assets.teacher_recipe(full)
+    c_recipe = assets.critic_recipe("small", full)
+    assert recipe_hash(t_recipe) != recipe_hash(assets.teacher_recipe())
+    assert c_recipe.data.world == full and c_recipe.arch.image_size == c_recipe.arch.patch_size * 3
+    for name, recipe, build in ((assets.TEACHER, t_recipe, T.build_initial_folder),
+                                (assets.critic_name("small"), c_recipe, C.build_initial_folder)):
+        folder = build(assets.target_folder(name, recipe), recipe)
+        write_recipe(folder, name, recipe)
+    backbone = BACKBONES.get("toy_mmdit").build(cfg.model.backbone)
+    assert Path(backbone.cfg.path) == assets.target_folder(assets.TEACHER, t_recipe)
+    assert {"purple", "diamond", "center"} <= set(backbone.clip_tokenizers[0].get_vocab())
+    critic = CRITICS.get("toy_llava").build(replace(cfg.model.critic, size="small"))
+    assert critic.name == f"llava:{assets.target_folder(assets.critic_name('small'), c_recipe)}"
+    assert {"purple", "diamond", "center"} <= set(critic.tokenizer.get_vocab())
+    y = torch.rand(1, 3, 48, 48) * 2 - 1
+    assert torch.isfinite(critic.yes_no_logits(critic.next_token_logits(["Is there a purple diamond?"], y, y))).all()
+
+    # a model section set to another world than the benchmark's is refused, naming what differs
+    with pytest.raises(ConfigError, match="grid"):
+        load_run_config(toy, ["model.critic.world.grid=3"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Datasets and the command
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
+from harness.models.sd3 import SD3Config
 from harness.registry import BACKBONES, CRITICS, Spec
+from harness.toyworld.scenes import WorldConfig
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 TEACHER = "teacher"
@@ -42,19 +44,21 @@ def critic_name(size: str) -> str:
 # Current recipes
 
 
-def teacher_recipe() -> Any:
+def teacher_recipe(world: Any = None) -> Any:
+    """The built-in teacher's recipe for `world` (default: the default world)."""
     from harness.toyworld.teacher import TeacherRecipe
 
-    return TeacherRecipe()
+    return TeacherRecipe() if world is None else TeacherRecipe(world=world)
 
 
-def critic_recipe(size: str) -> Any:
+def critic_recipe(size: str, world: Any = None) -> Any:
+    """The built-in critic's recipe of this size for `world` (default: the default world)."""
     from harness.toyworld.critics import SIZES, default_critic_recipe
     from harness.toyworld.pretrain import recipe_hash
 
     if size not in SIZES:
         raise ValueError(f"critic size {size!r} is not built in; sizes: {', '.join(SIZES)}")
-    return default_critic_recipe(size, teacher_hash=recipe_hash(teacher_recipe()))
+    return default_critic_recipe(size, teacher_hash=recipe_hash(teacher_recipe(world)), world=world)
 
 
 SET_PREFIXES = ("teacher.", "critic.", "world.")
@@ -277,11 +281,20 @@ def world_dataset(cfg: Any = None) -> tuple[Path, Path]:
 # Registry entries
 
 
-def build_toy_backbone(cfg: Any, device: Any = None) -> Any:
-    """An SD3Backbone over the built-in teacher (`path: ''`) or any other SD3 folder."""
-    from harness.models.sd3 import SD3Backbone
+def _world_field() -> Any:
+    # the world the built-in model is pretrained on; a run fills it in from its shapes_edit
+    # benchmark (resolve_world); at the default world it leaves run ids as they were
+    return field(default_factory=WorldConfig, metadata={"hash": "unless_default"})
 
-    return SD3Backbone(replace(cfg, path=cfg.path or str(ensure_teacher())), device=device)
+
+@dataclass
+class ToyMMDiTConfig(SD3Config):
+    """SD3Config of the built-in teacher of `world` (`path: ''`), or of any other SD3 folder."""
+
+    name: str = "toy_mmdit"
+    ref_modulation: Literal["shared", "clean"] = "clean"
+    shift: float = 1.0
+    world: WorldConfig = _world_field()
 
 
 @dataclass
@@ -290,29 +303,53 @@ class ToyLlavaConfig:
     size: Literal["small", "medium", "large"] = "large"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     grad_checkpointing: bool = False
+    world: WorldConfig = _world_field()
+
+
+def resolve_world(section: Any, run: Any) -> Any:
+    """A built-in model section as run `run` needs it: pretrained on the run's world (that of its
+    shapes_edit benchmark). A section left at the default world takes the run's; one set to another
+    world than the run's is an error (the model would not know the benchmark's scenes and words)."""
+    world = world_of(run)
+    if section.world == world:
+        return section
+    if section.world == WorldConfig():
+        return replace(section, world=world)
+    mine, theirs = asdict(section.world), asdict(world)
+    differ = ", ".join(sorted(k for k in mine if mine[k] != theirs[k]))
+    raise ValueError(f"{section.name}'s world differs from the run's shapes_edit world in {differ}; set the world "
+                     f"once, in the shapes_edit benchmark of eval.benchmarks, and the built-in models follow it")
+
+
+def build_toy_backbone(cfg: Any, device: Any = None) -> Any:
+    """An SD3Backbone over the built-in teacher of cfg.world (`path: ''`) or any other SD3 folder."""
+    from harness.models.sd3 import SD3Backbone
+
+    path = cfg.path or str(ensure_teacher(teacher_recipe(cfg.world)))
+    plain = {f.name: getattr(cfg, f.name) for f in fields(SD3Config)}
+    return SD3Backbone(SD3Config(**{**plain, "path": path}), device=device)
 
 
 def build_toy_critic(cfg: ToyLlavaConfig, device: Any = None) -> Any:
-    """The built-in critic of this size, loaded by harness.models.llava like any LLaVA critic."""
+    """The built-in critic of this size for cfg.world, loaded by harness.models.llava like any LLaVA critic."""
     from harness.models.llava import LlavaCriticConfig, load_llava_critic
 
-    path = ensure_critic(cfg.size)
+    path = ensure_critic(cfg.size, critic_recipe(cfg.size, cfg.world), teacher_recipe_=teacher_recipe(cfg.world))
     return load_llava_critic(LlavaCriticConfig(path=str(path), dtype=cfg.dtype, grad_checkpointing=cfg.grad_checkpointing),
                              device)
 
 
 def _register() -> None:
-    from harness.models.sd3 import SD3Config
-
     BACKBONES.register("toy_mmdit", Spec(
-        SD3Config, build=build_toy_backbone,
-        defaults={"name": "toy_mmdit", "path": "", "ref_modulation": "clean", "shift": 1.0},
-        help="built-in world: tiny pixel-space SD3 MMDiT pretrained by the harness (path '' = the built-in one)"))
-    CRITICS.register("toy_llava", Spec(ToyLlavaConfig, build=build_toy_critic,
-                                       help="built-in world: tiny LLaVA (SigLIP + Qwen2) critic, sizes small/medium/large"))
+        ToyMMDiTConfig, build=build_toy_backbone, resolve=resolve_world,
+        help="built-in world: tiny pixel-space SD3 MMDiT pretrained by the harness on the run's world "
+             "(path '' = the built-in one)"))
+    CRITICS.register("toy_llava", Spec(ToyLlavaConfig, build=build_toy_critic, resolve=resolve_world,
+                                       help="built-in world: tiny LLaVA (SigLIP + Qwen2) critic pretrained on the "
+                                            "run's world, sizes small/medium/large"))
 
 
 _register()
 
-__all__ = ["PRETRAINED", "ToyLlavaConfig", "build_toy_backbone", "build_toy_critic", "cache_root", "critic_pool",
+__all__ = ["PRETRAINED", "ToyLlavaConfig", "ToyMMDiTConfig", "resolve_world", "build_toy_backbone", "build_toy_critic", "cache_root", "critic_pool",
            "critic_recipe", "ensure_critic", "ensure_teacher", "locate", "recipes_with", "teacher_recipe", "world_dataset", "world_of"]

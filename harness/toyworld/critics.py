@@ -170,11 +170,12 @@ DEFAULT_SCHEDULES: dict[str, dict[str, Any]] = {
 }
 
 
-def default_critic_recipe(size: str, teacher_hash: str = "") -> CriticRecipe:
-    """The built-in recipe of a critic size; `teacher_hash` names the teacher whose samples it sees."""
+def default_critic_recipe(size: str, teacher_hash: str = "", world: WorldConfig | None = None) -> CriticRecipe:
+    """The built-in recipe of a critic size for `world` (default: the default world); `teacher_hash`
+    names the teacher whose samples it sees."""
     if size not in SIZES:
         raise ValueError(f"critic size {size!r} is not built in; sizes: {', '.join(SIZES)}")
-    data = CriticDataRecipe()
+    data = CriticDataRecipe() if world is None else CriticDataRecipe(world=world)
     if data.p_teacher > 0:
         data = replace(data, teacher_hash=teacher_hash)
     arch = DEFAULT_ARCHS[size]
