@@ -15,7 +15,7 @@ from harness.registry import BACKBONES, CRITICS
 from harness.toyworld import assets
 from harness.toyworld import critics as C
 from harness.toyworld import teacher as T
-from harness.toyworld.pretrain import read_recipe, recipe_hash
+from harness.toyworld.pretrain import read_recipe, recipe_hash, write_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,10 +165,7 @@ def test_run_config_names_them():
 
 
 def test_a_run_on_another_world_gets_that_worlds_models(cache):
-    from dataclasses import replace
-
     from harness.config import ConfigError, build_section, config_hash, load_run_config, to_dict
-    from harness.toyworld.pretrain import write_recipe
     from harness.toyworld.scenes import WorldConfig, full_world
 
     toy = str(REPO / "configs/toy/np_edit.yaml")
@@ -179,7 +176,8 @@ def test_a_run_on_another_world_gets_that_worlds_models(cache):
     assert "world" not in to_dict(default.model.critic, for_hash=True)
 
     full = full_world()
-    cfg = load_run_config(toy, {"eval.benchmarks": [{"name": "shapes_edit", "world": to_dict(full)}]})
+    cfg = load_run_config(toy, {"eval.benchmarks": [{"name": "shapes_edit", "world": to_dict(full)}],
+                                "model.critic.size": "small"})
     assert cfg.model.backbone.world == cfg.model.critic.world == full
     assert config_hash(cfg) != config_hash(default)
     # an exported editor rebuilds its backbone from the section's dict (methods.common.load_editor)
@@ -198,7 +196,7 @@ def test_a_run_on_another_world_gets_that_worlds_models(cache):
     backbone = BACKBONES.get("toy_mmdit").build(cfg.model.backbone)
     assert Path(backbone.cfg.path) == assets.target_folder(assets.TEACHER, t_recipe)
     assert {"purple", "diamond", "center"} <= set(backbone.clip_tokenizers[0].get_vocab())
-    critic = CRITICS.get("toy_llava").build(replace(cfg.model.critic, size="small"))
+    critic = CRITICS.get("toy_llava").build(cfg.model.critic)
     assert critic.name == f"llava:{assets.target_folder(assets.critic_name('small'), c_recipe)}"
     assert {"purple", "diamond", "center"} <= set(critic.tokenizer.get_vocab())
     y = torch.rand(1, 3, 48, 48) * 2 - 1
@@ -207,6 +205,38 @@ def test_a_run_on_another_world_gets_that_worlds_models(cache):
     # a model section set to another world than the benchmark's is refused, naming what differs
     with pytest.raises(ConfigError, match="grid"):
         load_run_config(toy, ["model.critic.world.grid=3"])
+
+
+def test_a_run_is_pinned_to_its_built_in_models(cache, monkeypatch):
+    from dataclasses import replace
+
+    from harness.config import config_hash, load_run_config
+
+    toy = str(REPO / "configs/toy/np_edit.yaml")
+    cfg = load_run_config(toy, ["model.critic.size=small"])
+    assert cfg.model.backbone.recipe == recipe_hash(assets.teacher_recipe())
+    assert cfg.model.critic.recipe == recipe_hash(assets.critic_recipe("small"))
+    assert load_run_config(toy, ["model.backbone.path=/some/sd3"]).model.backbone.recipe == ""  # not built in
+
+    # a run made with the shipped critic still finds it after the recipe changes (a new run would
+    # get the new one); a run pinned to a recipe neither shipped nor cached is refused, naming it
+    schedule = C.DEFAULT_SCHEDULES["small"]
+    monkeypatch.setitem(C.DEFAULT_SCHEDULES, "small", {**schedule, "steps": 4000})
+    made = load_run_config(toy, ["model.critic.size=small"])
+    made_recipe = assets.critic_recipe("small")
+    monkeypatch.setitem(C.DEFAULT_SCHEDULES, "small", {**schedule, "steps": 4500})
+    new = load_run_config(toy, ["model.critic.size=small"])
+    assert len({cfg.model.critic.recipe, made.model.critic.recipe, new.model.critic.recipe}) == 3
+    assert len({config_hash(cfg), config_hash(made), config_hash(new)}) == 3
+    assert assets.builtin_folder(cfg.model.critic) == assets.PRETRAINED / "critic-small"
+    pinned = made.model.critic
+    with pytest.raises(ValueError, match=f"recipe '{pinned.recipe}'"):
+        assets.builtin_folder(pinned)
+    folder = C.build_initial_folder(assets.target_folder(assets.critic_name("small"), made_recipe), made_recipe)
+    write_recipe(folder, "critic", made_recipe)
+    assert assets.builtin_folder(pinned) == folder
+    with pytest.raises(ValueError, match="no critic-medium of that recipe"):  # a pinned recipe is of one size
+        assets.builtin_folder(replace(pinned, size="medium"))
 
 
 # ---------------------------------------------------------------------------------------------

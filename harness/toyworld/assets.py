@@ -283,8 +283,12 @@ def world_dataset(cfg: Any = None) -> tuple[Path, Path]:
 
 def _world_field() -> Any:
     # the world the built-in model is pretrained on; a run fills it in from its shapes_edit
-    # benchmark (resolve_world); at the default world it leaves run ids as they were
+    # benchmark (resolve_builtin); at the default world it leaves the run id as it was
     return field(default_factory=WorldConfig, metadata={"hash": "unless_default"})
+
+
+_RECIPE_HELP = ("hash of the built-in model's recipe; '' = the current one for the world, filled in when "
+                "the run's config is read, so a run names the exact model it used and a new model means a new run")
 
 
 @dataclass
@@ -295,6 +299,7 @@ class ToyMMDiTConfig(SD3Config):
     ref_modulation: Literal["shared", "clean"] = "clean"
     shift: float = 1.0
     world: WorldConfig = _world_field()
+    recipe: str = field(default="", metadata={"help": _RECIPE_HELP})
 
 
 @dataclass
@@ -304,52 +309,83 @@ class ToyLlavaConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     grad_checkpointing: bool = False
     world: WorldConfig = _world_field()
+    recipe: str = field(default="", metadata={"help": _RECIPE_HELP})
 
 
-def resolve_world(section: Any, run: Any) -> Any:
-    """A built-in model section as run `run` needs it: pretrained on the run's world (that of its
-    shapes_edit benchmark). A section left at the default world takes the run's; one set to another
-    world than the run's is an error (the model would not know the benchmark's scenes and words)."""
+def _builtin(section: Any) -> tuple[str, Any]:
+    """(model folder name, current recipe) of a toy section's built-in model."""
+    if isinstance(section, ToyLlavaConfig):
+        return critic_name(section.size), critic_recipe(section.size, section.world)
+    return TEACHER, teacher_recipe(section.world)
+
+
+def resolve_builtin(section: Any, run: Any) -> Any:
+    """A built-in model section as run `run` needs it: of the run's world (that of its shapes_edit
+    benchmark; a section left at the default world takes it, one set to another world is an error,
+    since the model would not know the benchmark's scenes and words), and pinned to the current
+    recipe's hash unless it names one already."""
+    from harness.toyworld.pretrain import recipe_hash
+
     world = world_of(run)
-    if section.world == world:
-        return section
-    if section.world == WorldConfig():
-        return replace(section, world=world)
-    mine, theirs = asdict(section.world), asdict(world)
-    differ = ", ".join(sorted(k for k in mine if mine[k] != theirs[k]))
-    raise ValueError(f"{section.name}'s world differs from the run's shapes_edit world in {differ}; set the world "
-                     f"once, in the shapes_edit benchmark of eval.benchmarks, and the built-in models follow it")
+    if section.world != world:
+        if section.world != WorldConfig():
+            mine, theirs = asdict(section.world), asdict(world)
+            differ = ", ".join(sorted(k for k in mine if mine[k] != theirs[k]))
+            raise ValueError(f"{section.name}'s world differs from the run's shapes_edit world in {differ}; set the "
+                             f"world once, in the shapes_edit benchmark of eval.benchmarks, and the built-in models "
+                             f"follow it")
+        section = replace(section, world=world)
+    if not section.recipe and not getattr(section, "path", ""):
+        section = replace(section, recipe=recipe_hash(_builtin(section)[1]))
+    return section
+
+
+def builtin_folder(section: Any, *, progress: bool = True) -> Path:
+    """The folder of the built-in model a toy section names: that of the current recipe (pretrained
+    on first use), or the shipped or cached model of an earlier recipe the section was pinned to."""
+    from harness.toyworld.pretrain import recipe_hash
+
+    name, recipe = _builtin(section)
+    if not section.recipe or section.recipe == recipe_hash(recipe):
+        if name == TEACHER:
+            return ensure_teacher(recipe, progress=progress)
+        return ensure_critic(section.size, recipe, progress=progress, teacher_recipe_=teacher_recipe(section.world))
+    for folder in (PRETRAINED / name, cache_root() / "toyworld" / f"{name}-{section.recipe}"):
+        if _complete(folder, section.recipe):
+            return folder
+    raise ValueError(f"{section.name}: recipe {section.recipe!r}: no {name} of that recipe is shipped or in "
+                     f"{cache_root() / 'toyworld'}; the current recipe is {recipe_hash(recipe)} (remove the recipe "
+                     f"key for it, as a new run; or put the old model's folder there as {name}-{section.recipe})")
 
 
 def build_toy_backbone(cfg: Any, device: Any = None) -> Any:
-    """An SD3Backbone over the built-in teacher of cfg.world (`path: ''`) or any other SD3 folder."""
+    """An SD3Backbone over the built-in teacher (`path: ''`) or any other SD3 folder."""
     from harness.models.sd3 import SD3Backbone
 
-    path = cfg.path or str(ensure_teacher(teacher_recipe(cfg.world)))
+    path = cfg.path or str(builtin_folder(cfg))
     plain = {f.name: getattr(cfg, f.name) for f in fields(SD3Config)}
     return SD3Backbone(SD3Config(**{**plain, "path": path}), device=device)
 
 
 def build_toy_critic(cfg: ToyLlavaConfig, device: Any = None) -> Any:
-    """The built-in critic of this size for cfg.world, loaded by harness.models.llava like any LLaVA critic."""
+    """The built-in critic of this size, loaded by harness.models.llava like any LLaVA critic."""
     from harness.models.llava import LlavaCriticConfig, load_llava_critic
 
-    path = ensure_critic(cfg.size, critic_recipe(cfg.size, cfg.world), teacher_recipe_=teacher_recipe(cfg.world))
-    return load_llava_critic(LlavaCriticConfig(path=str(path), dtype=cfg.dtype, grad_checkpointing=cfg.grad_checkpointing),
-                             device)
+    return load_llava_critic(LlavaCriticConfig(path=str(builtin_folder(cfg)), dtype=cfg.dtype,
+                                               grad_checkpointing=cfg.grad_checkpointing), device)
 
 
 def _register() -> None:
     BACKBONES.register("toy_mmdit", Spec(
-        ToyMMDiTConfig, build=build_toy_backbone, resolve=resolve_world,
+        ToyMMDiTConfig, build=build_toy_backbone, resolve=resolve_builtin,
         help="built-in world: tiny pixel-space SD3 MMDiT pretrained by the harness on the run's world "
              "(path '' = the built-in one)"))
-    CRITICS.register("toy_llava", Spec(ToyLlavaConfig, build=build_toy_critic, resolve=resolve_world,
+    CRITICS.register("toy_llava", Spec(ToyLlavaConfig, build=build_toy_critic, resolve=resolve_builtin,
                                        help="built-in world: tiny LLaVA (SigLIP + Qwen2) critic pretrained on the "
                                             "run's world, sizes small/medium/large"))
 
 
 _register()
 
-__all__ = ["PRETRAINED", "ToyLlavaConfig", "ToyMMDiTConfig", "resolve_world", "build_toy_backbone", "build_toy_critic", "cache_root", "critic_pool",
+__all__ = ["PRETRAINED", "ToyLlavaConfig", "ToyMMDiTConfig", "builtin_folder", "resolve_builtin", "build_toy_backbone", "build_toy_critic", "cache_root", "critic_pool",
            "critic_recipe", "ensure_critic", "ensure_teacher", "locate", "recipes_with", "teacher_recipe", "world_dataset", "world_of"]
