@@ -104,5 +104,6 @@ class Spec:
     defaults: dict[str, Any] = field(default_factory=dict)
     help: str = ""
     # (section, run config) -> the section as this run needs it, or ValueError: for entries that
-    # depend on another part of the run (the built-in world's models take the run's world)
+    # depend on another part of the run or pin what they resolve to (the built-in world's models
+    # take the run's world and their recipe's hash)
     resolve: Callable[[Any, Any], Any] | None = None
