@@ -277,3 +277,16 @@ def test_shipped_critics_answer_held_out_questions_better_with_size(shipped_accu
                                       "(small 74%, medium 82%). Remove this marker when a recipe meets the bar.")
 def test_shipped_large_critic_answers_over_90_percent_of_held_out_questions(shipped_accuracy):
     assert shipped_accuracy["large"] > 0.9, shipped_accuracy
+
+
+def test_accuracy_by_edit_type_counts_each_types_questions(small_pool):
+    pool = small_pool
+    clean_types = sorted({pool.edit_type[i] for i in range(len(pool)) if pool.source[i] == "clean"})
+    assert len(clean_types) > 1
+    target = clean_types[0]
+    # right on every question of the target type's pairs, wrong on every other
+    preds = [(qa, qa.answer == (pool.edit_type[i] == target), pool.source[i]) for i in range(len(pool)) for qa in pool.qas[i]]
+    by_type = C.accuracy_by_edit_type(pool, preds)
+    assert by_type == {t: 1.0 if t == target else 0.0 for t in clean_types}
+    with pytest.raises(ValueError, match="predictions for a pool"):
+        C.accuracy_by_edit_type(pool, preds[:-1])

@@ -795,8 +795,21 @@ def accuracy_table(preds: list[tuple[QA, bool, str]]) -> dict[str, dict[str, Any
     return table
 
 
+def accuracy_by_edit_type(pool: Pool, preds: list[tuple[QA, bool, str]], source: str = "clean") -> dict[str, float]:
+    """{edit type: share of right answers} over the questions on `source` candidates; `preds` are
+    `predictions(critic, pool)`, in the pool's order of pairs and questions."""
+    types = [pool.edit_type[i] for i in range(len(pool)) for _ in pool.qas[i]]
+    if len(types) != len(preds):
+        raise ValueError(f"{len(preds)} predictions for a pool of {len(types)} questions")
+    right: dict[str, list[bool]] = {}
+    for t, (qa, yes, src) in zip(types, preds):
+        if src == source:
+            right.setdefault(t, []).append(qa.answer == yes)
+    return {t: round(float(np.mean(v)), 4) for t, v in sorted(right.items())}
+
+
 __all__ = ["CANDIDATES", "DEFAULT_ARCHS", "DEGRADATIONS", "KINDS", "QA", "SIZES", "SOURCES", "CriticArch",
-           "CriticDataRecipe", "CriticRecipe", "Pool", "accuracy_table", "answer_logits", "answer_loss",
+           "CriticDataRecipe", "CriticRecipe", "Pool", "accuracy_by_edit_type", "accuracy_table", "answer_logits", "answer_loss",
            "build_initial_folder", "build_pool", "candidate_scene", "critic_vocabulary", "default_critic_recipe", "degrade",
            "CellProbe", "INVENTORY", "PHASES", "batch_inputs", "describe", "describe_changes", "description_loss",
            "inventory", "to_tensor",

@@ -390,10 +390,12 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
                       lambda: assets.ensure_critic(size, c_recipes[size], progress=progress, teacher_recipe_=t_recipe))
         critic = load_llava_critic(LlavaCriticConfig(path=str(folder)))
         params = sum(p.numel() for p in critic.model.parameters())
-        table = C.accuracy_table(C.predictions(critic, pool))
-        report["critics"][size] = {"params": params, "accuracy": table}
+        preds = C.predictions(critic, pool)
+        table, by_type = C.accuracy_table(preds), C.accuracy_by_edit_type(pool, preds)
+        report["critics"][size] = {"params": params, "accuracy": table, "clean_by_edit_type": by_type}
         log(f"critic {size} ({params / 1e6:.2f}M params): " + "; ".join(
             f"{src} {t['all']:.3f}" for src, t in table.items()))
+        log(f"critic {size}, clean, by edit type: " + ", ".join(f"{t} {a:.3f}" for t, a in by_type.items()))
     report["critics_eval"] = {"pairs": n_pairs, "split": "test", "p_degraded": 0.4, "p_teacher": 0.2}
     if root is not None:
         _write_summary(Path(root), {"quality": report})
