@@ -290,3 +290,22 @@ def test_accuracy_by_edit_type_counts_each_types_questions(small_pool):
     assert by_type == {t: 1.0 if t == target else 0.0 for t in clean_types}
     with pytest.raises(ValueError, match="predictions for a pool"):
         C.accuracy_by_edit_type(pool, preds[:-1])
+
+
+def test_degraded_images_do_not_depend_on_the_process():
+    """The held-out and training pools are seeded: the same in every process (Python's string
+    hashing, and so a set's order, changes from one process to the next)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, numpy as np\n"
+            "from harness.toyworld import critics as C\n"
+            "from harness.toyworld.scenes import WorldConfig, sample_scene\n"
+            "w = WorldConfig()\n"
+            "images = [C.degrade(sample_scene(np.random.default_rng(i), w, n_objects=2), w, np.random.default_rng(i), 'colors')\n"
+            "          for i in range(8)]\n"
+            "print(hashlib.sha256(np.stack(images).tobytes()).hexdigest())\n")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(4)}
+    assert len(digests) == 1, digests

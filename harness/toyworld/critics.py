@@ -380,8 +380,9 @@ def degrade(scene: Scene, world: WorldConfig, rng: np.random.Generator, kind: st
             drop = mask & band
         x[drop] = PALETTE[scene.background]
     if "colors" in kinds:  # every flat region's colour off by its own offset
-        labels = {c: np.all(img == PALETTE[c], -1) for c in {scene.background, *(o.color for o in scene.objects)}}
-        for m in labels.values():
+        # in a fixed order (a set's order changes with the process's hash seed, and so would the offsets)
+        for c in dict.fromkeys([scene.background, *(o.color for o in scene.objects)]):
+            m = np.all(img == PALETTE[c], -1)
             x[m] += rng.uniform(-45, 45, size=3).astype(np.float32)
     if "blur" in kinds:
         sigma = rng.uniform(0.3, 0.8)  # above ~0.6 px, thin stripes and outlines start to wash out
