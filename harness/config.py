@@ -245,7 +245,7 @@ def to_dict(obj: Any, *, for_hash: bool = False) -> Any:
                 continue
             # an option added after models or results were published: at its default it leaves
             # their ids as they were, since the default reproduces what they were made with
-            if for_hash and f.metadata.get("hash") == "unless_default" and getattr(obj, f.name) == _default(f):
+            if for_hash and f.metadata.get("hash") == "unless_default" and getattr(obj, f.name) == f.default:
                 continue
             out[f.name] = to_dict(getattr(obj, f.name), for_hash=for_hash)
         return out
@@ -254,10 +254,6 @@ def to_dict(obj: Any, *, for_hash: bool = False) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v, for_hash=for_hash) for k, v in obj.items()}
     return obj
-
-
-def _default(f: Any) -> Any:
-    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def config_hash(cfg: Any, length: int = 8) -> str:

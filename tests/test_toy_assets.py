@@ -171,7 +171,7 @@ def test_a_run_on_another_world_gets_that_worlds_models(cache):
     toy = str(REPO / "configs/toy/np_edit.yaml")
     default = load_run_config(toy)
     assert default.model.backbone.world == default.model.critic.world == WorldConfig()
-    # at the default world the models' world stays out of the hash: published run ids hold
+    # the models' world is the benchmark's, which the run id has already
     assert "world" not in to_dict(default.model.backbone, for_hash=True)
     assert "world" not in to_dict(default.model.critic, for_hash=True)
 

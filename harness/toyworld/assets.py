@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
-from harness.models.sd3 import SD3Config
+from harness.models.sd3 import SD3Backbone, SD3Config
 from harness.registry import BACKBONES, CRITICS, Spec
 from harness.toyworld.scenes import WorldConfig
 
@@ -134,7 +134,11 @@ def locate(name: str, recipe: Any, *, root: Path | None = None) -> Path | None:
     """The folder holding model `name` made by `recipe`: in `root` when given, else shipped, else cached."""
     from harness.toyworld.pretrain import recipe_hash
 
-    h = recipe_hash(recipe)
+    return locate_hash(name, recipe_hash(recipe), root=root)
+
+
+def locate_hash(name: str, h: str, *, root: Path | None = None) -> Path | None:
+    """The same, for the recipe of hash `h`."""
     candidates = [Path(root) / name] if root is not None else [PRETRAINED / name, cache_root() / "toyworld" / f"{name}-{h}"]
     return next((c for c in candidates if _complete(c, h)), None)
 
@@ -283,8 +287,8 @@ def world_dataset(cfg: Any = None) -> tuple[Path, Path]:
 
 def _world_field() -> Any:
     # the world the built-in model is pretrained on; a run fills it in from its shapes_edit
-    # benchmark (resolve_builtin); at the default world it leaves the run id as it was
-    return field(default_factory=WorldConfig, metadata={"hash": "unless_default"})
+    # benchmark (resolve_builtin), whose world is in the run id already
+    return field(default_factory=WorldConfig, metadata={"hash": False})
 
 
 _RECIPE_HELP = ("hash of the built-in model's recipe; '' = the current one for the world, filled in when "
@@ -350,9 +354,9 @@ def builtin_folder(section: Any, *, progress: bool = True) -> Path:
         if name == TEACHER:
             return ensure_teacher(recipe, progress=progress)
         return ensure_critic(section.size, recipe, progress=progress, teacher_recipe_=teacher_recipe(section.world))
-    for folder in (PRETRAINED / name, cache_root() / "toyworld" / f"{name}-{section.recipe}"):
-        if _complete(folder, section.recipe):
-            return folder
+    found = locate_hash(name, section.recipe)
+    if found is not None:
+        return found
     raise ValueError(f"{section.name}: recipe {section.recipe!r}: no {name} of that recipe is shipped or in "
                      f"{cache_root() / 'toyworld'}; the current recipe is {recipe_hash(recipe)} (remove the recipe "
                      f"key for it, as a new run; or put the old model's folder there as {name}-{section.recipe})")
@@ -360,8 +364,6 @@ def builtin_folder(section: Any, *, progress: bool = True) -> Path:
 
 def build_toy_backbone(cfg: Any, device: Any = None) -> Any:
     """An SD3Backbone over the built-in teacher (`path: ''`) or any other SD3 folder."""
-    from harness.models.sd3 import SD3Backbone
-
     path = cfg.path or str(builtin_folder(cfg))
     plain = {f.name: getattr(cfg, f.name) for f in fields(SD3Config)}
     return SD3Backbone(SD3Config(**{**plain, "path": path}), device=device)
@@ -388,4 +390,4 @@ def _register() -> None:
 _register()
 
 __all__ = ["PRETRAINED", "ToyLlavaConfig", "ToyMMDiTConfig", "builtin_folder", "resolve_builtin", "build_toy_backbone", "build_toy_critic", "cache_root", "critic_pool",
-           "critic_recipe", "ensure_critic", "ensure_teacher", "locate", "recipes_with", "teacher_recipe", "world_dataset", "world_of"]
+           "critic_recipe", "ensure_critic", "ensure_teacher", "locate", "locate_hash", "recipes_with", "teacher_recipe", "world_dataset", "world_of"]
