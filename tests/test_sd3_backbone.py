@@ -132,6 +132,33 @@ def test_euler_sampler_matches_diffusers_pipeline(folders, backbones):
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_stochastic_sampler_matches_diffusers_stochastic_scheduler(folders, backbones):
+    """stochastic=True steps as FlowMatchEulerDiscreteScheduler(stochastic_sampling=True) in the
+    pipeline: x0 re-noised to the next time with noise drawn from the same (global) RNG."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    bb = backbones["full"]
+    noise, _ = batch(bb, n=2, seed=4)
+    steps, guidance = 5, 2.5
+    pipe = _pipeline(folders["full"])
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, stochastic_sampling=True)
+    torch.manual_seed(11)
+    expected = pipe(prompt=PROMPTS[:2], latents=noise.clone(), num_inference_steps=steps, sigmas=[1 - k / steps for k in range(steps)],
+                    guidance_scale=guidance, max_sequence_length=16, output_type="latent").images
+    teacher = bb.make_denoiser(trainable=False)
+    text, uncond = bb.encode_text(PROMPTS[:2]), bb.encode_text([""])
+    with torch.no_grad():
+        torch.manual_seed(11)
+        ours = euler_sample(teacher, text, None, noise, steps=steps, guidance=guidance, uncond_text=uncond,
+                            shift=bb.shift, stochastic=True)
+        ode = euler_sample(teacher, text, None, noise, steps=steps, guidance=guidance, uncond_text=uncond, shift=bb.shift)
+        seeded = [euler_sample(teacher, text, None, noise, steps=steps, guidance=guidance, uncond_text=uncond,
+                               shift=bb.shift, stochastic=True, generator=torch.Generator().manual_seed(5)) for _ in range(2)]
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+    assert (ours - ode).abs().max() > 1e-2  # the fresh noise changes the sample
+    torch.testing.assert_close(seeded[0], seeded[1], rtol=0, atol=0)
+
+
 def test_reference_positions_extend_the_pretrained_grid(backbones):
     pe = backbones["pixel"].transformer.pos_embed
     size, dim = pe.pos_embed_max_size, pe.pos_embed.shape[-1]

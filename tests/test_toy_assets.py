@@ -78,7 +78,8 @@ def test_hash_ignores_nothing_that_changes_the_weights():
                    {"qk_norm": "none"}, {"lr_schedule": "cosine"}, {"t_sampling": "uniform"}):
         assert recipe_hash(T.TeacherRecipe(**change)) != recipe_hash(r)
     # how the teacher is sampled for its bar is not in its weights
-    assert recipe_hash(T.TeacherRecipe(sample_steps=7, sample_guidance=1.5, sample_shift=1.0)) == recipe_hash(r)
+    assert recipe_hash(T.TeacherRecipe(sample_steps=7, sample_guidance=1.5, sample_shift=1.0,
+                                       sample_stochastic=False)) == recipe_hash(r)
     # a critic trained on teacher samples is keyed by its teacher too; one trained without is not
     with_samples = C.CriticRecipe(data=C.CriticDataRecipe(p_teacher=0.1, teacher_hash="abc"))
     assert recipe_hash(with_samples) != recipe_hash(C.CriticRecipe(data=C.CriticDataRecipe(p_teacher=0.1, teacher_hash="abd")))
@@ -373,17 +374,18 @@ def test_evaluate_samples_the_current_teacher_another_way_without_a_folder(cache
     real = euler_sample
 
     def spy(*args, **kw):
-        seen.append((kw["steps"], kw["guidance"], kw["shift"]))
+        seen.append((kw["steps"], kw["guidance"], kw["shift"], kw["stochastic"]))
         return real(*args, **kw)
 
     monkeypatch.setattr("harness.models.sampler.euler_sample", spy)
     before = sorted(p.name for p in folder.parent.iterdir())
     capsys.readouterr()
     assert main(["evaluate", "--only", "teacher", "--captions", "2", "--set", "teacher.sample_shift=5",
-                 "--set", "teacher.sample_steps=3", "--set", "teacher.sample_guidance=1.5"]) == 0
+                 "--set", "teacher.sample_steps=3", "--set", "teacher.sample_guidance=1.5",
+                 "--set", "teacher.sample_stochastic=false"]) == 0
     report = json.loads(capsys.readouterr().out)["teacher"]
     assert report["folder"] == str(folder) and report["sampler"] == "euler 3 steps, guidance 1.5, shift 5"
-    assert seen and set(seen) == {(3, 1.5, 5.0)}
+    assert seen and set(seen) == {(3, 1.5, 5.0, False)}
     assert sorted(p.name for p in folder.parent.iterdir()) == before  # nothing trained
     with pytest.raises(SystemExit):
         main(["evaluate", "--only", "teacher", "--set", "teacher.steps=3"])

@@ -4,7 +4,8 @@
   x0 = x_t - t v, then re-noise x0 to the next t with fresh noise. Differentiable end to end, so the
   training unroll (t = 1, then one t in {0.25, 0.5, 0.75}) is `few_step_sample(..., ts=[1.0, t])`.
 - `euler_sample`: the deterministic multi-step Euler ODE sampler with classifier-free guidance, as
-  diffusers' FlowMatchEulerDiscreteScheduler steps it (x_{t'} = x_t + (t' - t) v).
+  diffusers' FlowMatchEulerDiscreteScheduler steps it (x_{t'} = x_t + (t' - t) v), or that
+  scheduler's stochastic variant (`stochastic=True`: x_{t'} = (1 - t') x0 + t' eps with fresh eps).
 
 Both take an optional time shift t' = s t / (1 + (s - 1) t) (SD3's scheduler shift).
 Wrap calls in torch.no_grad() for inference.
@@ -84,9 +85,16 @@ def euler_sample(
     shift: float = 1.0,
     *,
     sigmas: Sequence[float] | None = None,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Euler ODE sampling from t = 1 to 0 on the grid shift(1 - k / steps) (then 0), with
     classifier-free guidance v = v_u + g (v_c - v_u) when guidance != 1.
+
+    stochastic: instead of the Euler step, predict x0 = x_t - t v and re-noise it to the next time
+    with fresh noise, as FlowMatchEulerDiscreteScheduler(stochastic_sampling=True) does (the
+    few-step sampler's update at every step of the grid); `generator` draws that noise (None = the
+    global RNG, as diffusers' pipelines draw it).
 
     uncond_text: the unconditional embedding (e.g. backbone.encode_text([""])), batch 1 or B.
     The reference (if any) conditions both branches, so guidance acts on the text only.
@@ -115,7 +123,12 @@ def euler_sample(
         else:
             v_u, v_c = denoiser(x, t, uncond_text, ref), denoiser(x, t, text, ref)
             v = v_u + guidance * (v_c - v_u)
-        x = x + (t_next - t) * v
+        if stochastic:
+            on = generator.device if generator is not None else x.device
+            eps = torch.randn(x.shape, generator=generator, device=on, dtype=x.dtype).to(x.device)
+            x = renoise(x - t * v, t_next, eps)
+        else:
+            x = x + (t_next - t) * v
     return x
 
 

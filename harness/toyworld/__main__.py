@@ -13,8 +13,8 @@ world.KEY=VALUE (the world of both), e.g.
 Such models go to --out DIR only (runs keep using the current recipes); evaluate measures the
 teacher and the critics (--only one of them); a model whose recipe --set leaves unchanged (the teacher,
 when only critic.* changed) is taken from the shipped copy or the cache when DIR lacks it.
-teacher.sample_steps / sample_guidance / sample_shift change only how evaluate samples the teacher, so
-they need no DIR:
+teacher.sample_steps / sample_guidance / sample_shift / sample_stochastic change only how evaluate
+samples the teacher, so they need no DIR:
   python -m harness.toyworld evaluate --only teacher --set teacher.sample_shift=1 --set teacher.sample_guidance=4"""
 from __future__ import annotations
 

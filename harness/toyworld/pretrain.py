@@ -372,7 +372,8 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
         p_two = t_recipe.world.p_two
         rates["world_mix"] = (1 - p_two) * rates["1_object"] + p_two * rates["2_object"]
         report["teacher"] = {"parse_back": rates, "n_per_count": n_captions, "folder": str(teacher),
-                             "sampler": f"euler {s['steps']} steps, guidance {s['guidance']:g}, shift {s['shift']:g}"}
+                             "sampler": f"{'stochastic ' if s['stochastic'] else ''}euler {s['steps']} steps, "
+                                        f"guidance {s['guidance']:g}, shift {s['shift']:g}"}
         log(f"teacher parse-back: {rates}")
     if only == "teacher":
         if root is not None:
