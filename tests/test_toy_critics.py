@@ -273,8 +273,6 @@ def test_shipped_critics_answer_held_out_questions_better_with_size(shipped_accu
     assert acc["small"] < acc["medium"] < acc["large"], acc
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the shipped large critic answers 85% of these clean held-out questions "
-                                      "(small 74%, medium 82%). Remove this marker when a recipe meets the bar.")
 def test_shipped_large_critic_answers_over_90_percent_of_held_out_questions(shipped_accuracy):
     assert shipped_accuracy["large"] > 0.9, shipped_accuracy
 
