@@ -237,6 +237,10 @@ def from_dict(cls: type, data: dict, source: str = "<dict>", override_keys: froz
 # dataclass -> dict, hashing
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
 def to_dict(obj: Any, *, for_hash: bool = False) -> Any:
     if is_dataclass(obj):
         out = {}
@@ -245,7 +249,7 @@ def to_dict(obj: Any, *, for_hash: bool = False) -> Any:
                 continue
             # an option added after models or results were published: at its default it leaves
             # their ids as they were, since the default reproduces what they were made with
-            if for_hash and f.metadata.get("hash") == "unless_default" and getattr(obj, f.name) == f.default:
+            if for_hash and f.metadata.get("hash") == "unless_default" and getattr(obj, f.name) == _default(f):
                 continue
             out[f.name] = to_dict(getattr(obj, f.name), for_hash=for_hash)
         return out

@@ -63,6 +63,14 @@ def test_an_option_added_later_keeps_old_hashes_at_its_default():
     assert C.config_hash(After(spacing=2.0)) != C.config_hash(Before())
     assert C.to_dict(After()) == {"steps": 10, "spacing": 0.0}  # still written out in full
 
+    @dataclass
+    class AfterWithFactory:
+        steps: int = 10
+        sizes: list = field(default_factory=lambda: [1, 2], metadata={"hash": "unless_default"})
+
+    assert C.config_hash(AfterWithFactory()) == C.config_hash(Before())
+    assert C.config_hash(AfterWithFactory(sizes=[3])) != C.config_hash(Before())
+
 
 def test_hash_is_stable_across_processes(fit_yaml):
     code = ("import sys; from harness import config as C; "
