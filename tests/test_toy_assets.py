@@ -301,10 +301,19 @@ def test_critics_of_a_changed_recipe_use_the_cached_teacher(tmp_path, cache, mon
     assert main(["evaluate", *common]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["teacher"]["folder"] == str(teacher) and report["critics"]["small"]["accuracy"]["all"]["n"] > 0
+    summary = json.loads((out / "recipe.json").read_text())
+    summary["quality"]["teacher"]["parse_back_of_an_earlier_teacher"] = 0.5
+    summary["pretrain"]["note"] = "kept"
+    (out / "recipe.json").write_text(json.dumps(summary))
     assert main(["evaluate", "--only", "teacher", *common]) == 0
     assert "critics" not in json.loads(capsys.readouterr().out)
-    quality = json.loads((out / "recipe.json").read_text())["quality"]
-    assert set(quality) >= {"teacher", "critics"} and "small" in quality["critics"]
+    summary = json.loads((out / "recipe.json").read_text())
+    assert set(summary["quality"]) >= {"teacher", "critics"} and "small" in summary["quality"]["critics"]
+    assert "parse_back_of_an_earlier_teacher" not in summary["quality"]["teacher"]  # the teacher's block replaced whole
+    assert summary["pretrain"]["note"] == "kept"
+    assert main(["pretrain", "--only", "critics", "--out", str(out), "--sizes", "small", "--jobs", "1", *sets]) == 0
+    summary = json.loads((out / "recipe.json").read_text())
+    assert len(summary["pretrain"]["runs"]) == 2 and summary["pretrain"]["note"] == "kept"
     assert not (out / "teacher").exists()
 
 

@@ -301,13 +301,14 @@ def pretrain(only: str | None = None, *, force: bool = False, out: Path | None =
         path = Path(out) / "recipe.json"
         earlier = (json.loads(path.read_text()) if path.exists() else {}).get("pretrain", {})
         runs = earlier.get("runs", []) + [summary]  # one entry per command (e.g. --only teacher, then critics)
-        _write_summary(Path(out), {"pretrain": {"runs": runs, "wall_s": {**earlier.get("wall_s", {}), **summary["wall_s"]}}})
+        _write_summary(Path(out), {"pretrain": {**earlier, "runs": runs,
+                                                 "wall_s": {**earlier.get("wall_s", {}), **summary["wall_s"]}}})
     return summary
 
 
 def _write_summary(root: Path, update: dict[str, Any]) -> None:
-    """root/recipe.json: the hashes of the models in `root` plus timings and quality (merged into
-    what is there)."""
+    """root/recipe.json: the hashes of the models in `root`, plus the blocks of `update` (each
+    replacing the block of that name: the callers merge what they keep)."""
     path = root / "recipe.json"
     info = json.loads(path.read_text()) if path.exists() else {}
     models = {}
@@ -315,20 +316,23 @@ def _write_summary(root: Path, update: dict[str, Any]) -> None:
         rec = read_recipe(sub) if sub.is_dir() else None
         if rec is not None:
             models[sub.name] = {"hash": rec["hash"], "train_seconds": rec.get("train", {}).get("seconds")}
-    _merge(info, update)
+    info.update(update)
     info["models"] = models
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
 
-def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
-    """Nested dicts merged key by key (a later evaluate of one model keeps the others' numbers)."""
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _merge(into[k], v)
-        else:
-            into[k] = v
+def _quality(root: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """recipe.json's quality block after an evaluate: what it measured replaces that model's earlier
+    numbers whole (so none of another model's numbers, e.g. of an earlier teacher, survive next to
+    them); the models it did not measure keep theirs."""
+    path = root / "recipe.json"
+    old = (json.loads(path.read_text()) if path.exists() else {}).get("quality", {})
+    quality = {**old, **report}
+    if "critics" in report:
+        quality["critics"] = {**old.get("critics", {}), **report["critics"]}
+    return quality
 
 
 def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 1200, sizes: tuple[str, ...] | None = None,
@@ -377,7 +381,7 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
         log(f"teacher parse-back: {rates}")
     if only == "teacher":
         if root is not None:
-            _write_summary(Path(root), {"quality": report})
+            _write_summary(Path(root), {"quality": _quality(Path(root), report)})
         return report
 
     sizes = tuple(sizes or C.SIZES)
@@ -399,5 +403,5 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
         log(f"critic {size}, clean, by edit type: " + ", ".join(f"{t} {a:.3f}" for t, a in by_type.items()))
     report["critics_eval"] = {"pairs": n_pairs, "split": "test", "p_degraded": 0.4, "p_teacher": 0.2}
     if root is not None:
-        _write_summary(Path(root), {"quality": report})
+        _write_summary(Path(root), {"quality": _quality(Path(root), report)})
     return report
