@@ -301,8 +301,8 @@ def pretrain(only: str | None = None, *, force: bool = False, out: Path | None =
         path = Path(out) / "recipe.json"
         earlier = (json.loads(path.read_text()) if path.exists() else {}).get("pretrain", {})
         runs = earlier.get("runs", []) + [summary]  # one entry per command (e.g. --only teacher, then critics)
-        _write_summary(Path(out), {"pretrain": {**earlier, "runs": runs,
-                                                 "wall_s": {**earlier.get("wall_s", {}), **summary["wall_s"]}}})
+        wall_s = {name: s for run in runs for name, s in run["wall_s"].items()}  # each model's latest
+        _write_summary(Path(out), {"pretrain": {**earlier, "runs": runs, "wall_s": wall_s}})
     return summary
 
 
