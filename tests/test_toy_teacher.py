@@ -152,6 +152,11 @@ def test_caption_facts_ignore_position_and_size():
     assert T.caption_facts(a, placed) != T.caption_facts(b, placed)
     assert T.caption_facts(a, placed) == T.caption_facts(replace(b, objects=(
         replace(b.objects[0], pos=4), replace(b.objects[1], pos=0))), placed)
+    ordered = replace(WORLD, caption_order="reading")  # then which object comes first counts, not the cell
+    assert T.caption_facts(a, ordered) == T.caption_facts(b, ordered)  # the red circle first in both
+    blue_first = replace(b, objects=(replace(b.objects[0], pos=1), replace(b.objects[1], pos=3)))
+    assert T.caption_facts(a, ordered) != T.caption_facts(blue_first, ordered)
+    assert T.caption_facts(a) == T.caption_facts(blue_first)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,6 +211,28 @@ def test_captions_with_positions_name_each_objects_cell_but_not_its_size():
             assert cap != text.caption(moved, rng(12, i), cfg)
 
 
+def test_captions_in_reading_order_name_the_earlier_cell_first_and_otherwise_agree():
+    cfg = WorldConfig(caption_order="reading")
+    swapped = 0
+    for i in range(200):
+        s = sample_scene(rng(11, i), cfg, n_objects=2)
+        cap, plain = text.caption(s, rng(12, i), cfg), text.caption(s, rng(12, i), WorldConfig())
+        first, second = sorted(s.objects, key=lambda o: o.pos)
+        assert cap.index(f"{first.color} {first.shape}") < cap.index(f"{second.color} {second.shape}"), cap
+        # the same words as the random-order caption (the generator's draws agree), names maybe swapped
+        assert sorted(text.words(cap)) == sorted(text.words(plain))
+        swapped += cap != plain
+        swap = replace(s, objects=tuple(replace(o, pos=first.pos + second.pos - o.pos) for o in s.objects))
+        assert text.caption(swap, rng(12, i), cfg) != cap  # the order tells which object comes first
+        resized = replace(s, objects=tuple(replace(o, size="large" if o.size == "small" else "small") for o in s.objects))
+        assert text.caption(resized, rng(12, i), cfg) == cap  # but not how big
+    assert 60 < swapped < 140  # random order agrees with reading order about half the time
+    one = sample_scene(rng(11, 0), cfg, n_objects=1)
+    assert text.caption(one, rng(12, 0), cfg) == text.caption(one, rng(12, 0), WorldConfig())
+    with pytest.raises(ValueError, match="caption_order"):
+        WorldConfig(caption_order="size").validate()
+
+
 @pytest.mark.parametrize("world", WORLDS)
 def test_vocabulary_covers_every_text(world):
     cfg = WORLDS[world]

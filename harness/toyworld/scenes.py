@@ -30,6 +30,7 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 # Side of an object's bounding box as a fraction of the largest size that fits a grid cell.
 SIZE_FRACTION = {"small": 0.6, "medium": 0.8, "large": 1.0}
 PATTERNS = ("solid", "striped", "checkered")
+CAPTION_ORDERS = ("random", "reading")
 STYLES = ("filled", "outline")  # outline: only the shapes' borders are drawn, so patterns do not apply
 GRID_NAMES = {
     2: ("top left", "top right", "bottom left", "bottom right"),
@@ -61,6 +62,10 @@ class WorldConfig:
     # Captions also name each object's cell ("a red circle in the top left"); sizes stay unnamed,
     # so c^x still does not pin the target down. Off: captions name no position.
     caption_positions: bool = field(default=False, metadata={"hash": "unless_default"})
+    # The order in which a two-object caption names its objects: "random", or "reading" (the object
+    # in the earlier cell, row by row, first), a convention that breaks the symmetry between the two
+    # phrases without naming a cell. It did not help a teacher bind (README, ninth follow-up).
+    caption_order: str = field(default="random", metadata={"hash": "unless_default"})
 
     def validate(self) -> None:
         def check(key: str, values: list[str], allowed: Any, min_len: int = 1) -> None:
@@ -90,6 +95,8 @@ class WorldConfig:
         if "solid" not in self.patterns:
             raise ValueError("patterns: must include 'solid'")
         check("styles", self.styles, STYLES)
+        if self.caption_order not in CAPTION_ORDERS:
+            raise ValueError(f"caption_order: {self.caption_order!r} is not allowed; allowed: {', '.join(CAPTION_ORDERS)}")
         for key in ("p_two", "p_outline", "p_solid", "test_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key}: must be in [0, 1], got {getattr(self, key)}")

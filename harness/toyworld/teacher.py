@@ -322,11 +322,13 @@ def sample(backbone: Any, prompts: list[str], *, seed: int = 0, steps: int = 20,
 
 def caption_facts(scene: Scene, world: WorldConfig | None = None) -> tuple:
     """What a caption states about a scene: background, style, and each object's colour, shape and
-    pattern, and its cell when `world.caption_positions` (captions omit sizes; outline drawings
-    have no pattern)."""
+    pattern, and its cell when `world.caption_positions`, in the caption's order when
+    `world.caption_order` is "reading" (captions omit sizes; outline drawings have no pattern)."""
     at = world is not None and world.caption_positions
-    objs = sorted((o.color, o.shape, o.pattern if scene.style == "filled" else "solid", *((o.pos,) if at else ()))
-                  for o in scene.objects)
+    objs = [(o.color, o.shape, o.pattern if scene.style == "filled" else "solid", *((o.pos,) if at else ()))
+            for o in sorted(scene.objects, key=lambda o: o.pos)]
+    if world is None or world.caption_order != "reading":  # else the order the caption names them in counts
+        objs = sorted(objs)
     return scene.background, scene.style, tuple(objs)
 
 

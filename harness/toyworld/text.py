@@ -114,7 +114,10 @@ def caption(scene: Scene, rng: np.random.Generator, world: WorldConfig | None = 
     if world is not None and world.caption_positions:
         objs = [f"{d} {place(o.pos, world)}" for d, o in zip(objs, scene.objects)]
     if len(objs) > 1:
-        objs = [objs[i] for i in rng.permutation(len(objs))]
+        order = rng.permutation(len(objs))  # drawn in either order, so that the generator's later draws agree
+        if world is not None and world.caption_order == "reading":
+            order = np.argsort([o.pos for o in scene.objects], kind="stable")
+        objs = [objs[i] for i in order]
     template = _choose(rng, CAPTIONS[scene.style])
     return template.format(objects=" and ".join(objs), background=scene.background)
 
