@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class WorldConfig:
     # The order in which a two-object caption names its objects: "random", or "reading" (the object
     # in the earlier cell, row by row, first), a convention that breaks the symmetry between the two
     # phrases without naming a cell. It did not help a teacher bind (README, ninth follow-up).
-    caption_order: str = field(default="random", metadata={"hash": "unless_default"})
+    caption_order: Literal["random", "reading"] = field(default="random", metadata={"hash": "unless_default"})
 
     def validate(self) -> None:
         def check(key: str, values: list[str], allowed: Any, min_len: int = 1) -> None:

@@ -326,10 +326,9 @@ def caption_facts(scene: Scene, world: WorldConfig | None = None) -> tuple:
     `world.caption_order` is "reading" (captions omit sizes; outline drawings have no pattern)."""
     at = world is not None and world.caption_positions
     objs = [(o.color, o.shape, o.pattern if scene.style == "filled" else "solid", *((o.pos,) if at else ()))
-            for o in sorted(scene.objects, key=lambda o: o.pos)]
-    if world is None or world.caption_order != "reading":  # else the order the caption names them in counts
-        objs = sorted(objs)
-    return scene.background, scene.style, tuple(objs)
+            for o in sorted(scene.objects, key=lambda o: o.pos)]  # reading order: the caption's, when it counts
+    in_order = world is not None and world.caption_order == "reading"
+    return scene.background, scene.style, tuple(objs if in_order else sorted(objs))
 
 
 def held_out_captions(world: WorldConfig, n: int, n_objects: int, seed: int = 0) -> list[tuple[Scene, str]]:
