@@ -3,7 +3,8 @@ python -m harness.toyworld evaluate [--dir DIR] [--set KEY=VALUE ...]
 
 pretrain: build the built-in world's teacher and critics for the current recipes (into the cache,
 or into DIR: `--out harness/toyworld/pretrained` refreshes the copies shipped with the package).
-evaluate: measure them (teacher parse-back rate, critic accuracy per question kind).
+evaluate: measure them (teacher parse-back rate, and how often its prediction at pure noise has the
+captioned background; critic accuracy per question kind).
 
 To try another recipe, change it with --set (repeatable; the recipes are the dataclasses in
 harness/toyworld/teacher.py and critics.py): teacher.KEY=VALUE, critic.KEY=VALUE (every size),

@@ -375,10 +375,12 @@ def evaluate(root: Path | None = None, *, n_captions: int = 100, n_pairs: int = 
             rates[f"{n}_object"], _ = TT.parse_back_rate(backbone, t_recipe.world, n_captions, n, seed=seed, **s)
         p_two = t_recipe.world.p_two
         rates["world_mix"] = (1 - p_two) * rates["1_object"] + p_two * rates["2_object"]
+        background = TT.background_at_pure_noise(backbone, t_recipe.world, n_captions, seed=seed)
         report["teacher"] = {"parse_back": rates, "n_per_count": n_captions, "folder": str(teacher),
+                             "background_at_pure_noise": background,
                              "sampler": f"{'stochastic ' if s['stochastic'] else ''}euler {s['steps']} steps, "
                                         f"guidance {s['guidance']:g}, shift {s['shift']:g}"}
-        log(f"teacher parse-back: {rates}")
+        log(f"teacher parse-back: {rates}; the captioned background at t = 1 (pure noise): {background:.2f}")
     if only == "teacher":
         if root is not None:
             _write_summary(Path(root), {"quality": _quality(Path(root), report)})

@@ -362,6 +362,24 @@ def parse_back_rate(backbone: Any, world: WorldConfig, n: int, n_objects: int, *
     return float(np.mean(ok)), images
 
 
-__all__ = ["NOOP_INSTRUCTIONS", "TeacherRecipe", "TextEncoder", "build_initial_folder", "caption_facts",
+
+@torch.no_grad()
+def background_at_pure_noise(backbone: Any, world: WorldConfig, n: int, *, seed: int = 0) -> float:
+    """Share of `n` held-out one-object captions whose clean-image prediction at t = 1 (pure noise,
+    where the sampler starts) has the captioned background: the per-channel median pixel nearest
+    the captioned background colour among the world's. A teacher that never trained the high-noise
+    end leaves the background to chance there, and its samples keep that chance (README)."""
+    from harness.toyworld.scenes import PALETTE
+
+    pairs = held_out_captions(world, n, 1, seed)
+    noise = torch.randn((n, *backbone.latent_shape()), generator=torch.Generator().manual_seed(seed))
+    x0 = noise - backbone.make_denoiser(trainable=False)(noise.to(backbone.device), torch.ones(n, device=backbone.device),
+                                                         backbone.encode_text([c for _, c in pairs]), None).cpu()
+    rgb = ((x0.float().flatten(2).median(2).values + 1) * 127.5)  # (n, 3)
+    colors = torch.tensor([PALETTE[b] for b in world.backgrounds], dtype=torch.float32)
+    nearest = torch.cdist(rgb, colors).argmin(1)
+    return float(np.mean([world.backgrounds[int(k)] == s.background for k, (s, _) in zip(nearest, pairs)]))
+
+__all__ = ["NOOP_INSTRUCTIONS", "TeacherRecipe", "TextEncoder", "background_at_pure_noise", "build_initial_folder", "caption_facts",
            "held_out_captions", "load_teacher", "max_text_tokens", "parse_back_rate", "sample",
            "teacher_vocabulary", "train_teacher"]
