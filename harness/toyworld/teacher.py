@@ -363,7 +363,6 @@ def parse_back_rate(backbone: Any, world: WorldConfig, n: int, n_objects: int, *
     return float(np.mean(ok)), images
 
 
-
 @torch.no_grad()
 def background_at_pure_noise(backbone: Any, world: WorldConfig, n: int, *, seed: int = 0) -> float:
     """Share of `n` held-out one-object captions whose clean-image prediction at t = 1 (pure noise,
@@ -381,6 +380,7 @@ def background_at_pure_noise(backbone: Any, world: WorldConfig, n: int, *, seed:
     nearest = torch.cdist(rgb, colors).argmin(1)
     return float(np.mean([world.backgrounds[int(k)] == s.background for k, (s, _) in zip(nearest, pairs)]))
 
-__all__ = ["NOOP_INSTRUCTIONS", "TeacherRecipe", "TextEncoder", "background_at_pure_noise", "build_initial_folder", "caption_facts",
-           "held_out_captions", "load_teacher", "max_text_tokens", "parse_back_rate", "sample",
+
+__all__ = ["NOOP_INSTRUCTIONS", "TeacherRecipe", "TextEncoder", "background_at_pure_noise", "build_initial_folder",
+           "caption_facts", "held_out_captions", "load_teacher", "max_text_tokens", "parse_back_rate", "sample",
            "teacher_vocabulary", "train_teacher"]
