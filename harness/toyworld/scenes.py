@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -30,7 +30,8 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 # Side of an object's bounding box as a fraction of the largest size that fits a grid cell.
 SIZE_FRACTION = {"small": 0.6, "medium": 0.8, "large": 1.0}
 PATTERNS = ("solid", "striped", "checkered")
-CAPTION_ORDERS = ("random", "reading")
+CaptionOrder = Literal["random", "reading"]
+CAPTION_ORDERS = get_args(CaptionOrder)
 STYLES = ("filled", "outline")  # outline: only the shapes' borders are drawn, so patterns do not apply
 GRID_NAMES = {
     2: ("top left", "top right", "bottom left", "bottom right"),
@@ -65,7 +66,7 @@ class WorldConfig:
     # The order in which a two-object caption names its objects: "random", or "reading" (the object
     # in the earlier cell, row by row, first), a convention that breaks the symmetry between the two
     # phrases without naming a cell. It did not help a teacher bind (README, ninth follow-up).
-    caption_order: Literal["random", "reading"] = field(default="random", metadata={"hash": "unless_default"})
+    caption_order: CaptionOrder = field(default="random", metadata={"hash": "unless_default"})
 
     def validate(self) -> None:
         def check(key: str, values: list[str], allowed: Any, min_len: int = 1) -> None:
