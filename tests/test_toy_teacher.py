@@ -160,6 +160,15 @@ def test_t_shift_moves_the_training_times_to_the_high_noise_end(tmp_path, monkey
         tiny_recipe(t_shift=0.0).validate()
 
 
+def test_recipe_refuses_a_value_its_literal_does_not_allow():
+    """Every Literal field is checked on construction outside the config loader too, save_dtype included."""
+    tiny_recipe().validate()
+    for key, bad in (("qk_norm", "layer_norm"), ("lr_schedule", "linear"), ("t_sampling", "beta"),
+                     ("save_dtype", "bfloat16")):
+        with pytest.raises(ValueError, match=f"{key} must be one of"):
+            tiny_recipe(**{key: bad}).validate()
+
+
 def test_caption_facts_ignore_position_and_size():
     from harness.toyworld.scenes import Obj, Scene
 
