@@ -204,7 +204,7 @@ def shipped_teacher():
 def test_shipped_teacher_takes_the_background_from_the_caption_at_pure_noise(shipped_teacher):
     """At t = 1, where the bar's sampler takes its first steps, the teacher's clean-image prediction
     has the caption's background (a run that had not learned this drew 29 of 74 white-background
-    captions on black; README)."""
+    captions on black; docs/toyworld-search.md)."""
     assert T.background_at_pure_noise(shipped_teacher, WORLD, 48, seed=5) >= 0.9
 
 

@@ -160,9 +160,9 @@ class CriticRecipe:
 # learning rate. Perception (cell probe), binding (inventory, kept at weight 0.3 afterwards), reading
 # (captions), comparing (changes), then the questions: first about clean correct / unedited /
 # unrelated candidates, then about everything. The large critic at the medium's 1.5e-3 (its 1e-3 of
-# before left it under-trained: 64.8% against 71.6% clean on the full world, README), and longer: it
+# before left it under-trained: 64.8% against 71.6% clean on the full world, docs/toyworld-search.md), and longer: it
 # underfits (86.6% of its own training questions at 3000 steps), and held-out clean accuracy rose
-# with the steps (84.4 / 87.8 / 89.8 / 91.2% at 3000 / 4500 / 6000 / 8000, README).
+# with the steps (84.4 / 87.8 / 89.8 / 91.2% at 3000 / 4500 / 6000 / 8000, docs/toyworld-search.md).
 _CURRICULUM = {"probe_steps": 150, "inventory_steps": 600, "describe_steps": 150, "changes_steps": 150, "easy_steps": 300,
                "inventory_weight": 0.3}
 DEFAULT_SCHEDULES: dict[str, dict[str, Any]] = {

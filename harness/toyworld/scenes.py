@@ -47,7 +47,7 @@ class WorldConfig:
 
     size: int = 32  # image side in pixels
     # The default is the "simple world" (2x2 grid, 3 shapes, 4 colours, 2 backgrounds): the world
-    # whose toy teacher and critics came closest to their quality bars on a 2-core CPU (README).
+    # whose toy teacher and critics came closest to their quality bars on a 2-core CPU (docs/toyworld-search.md).
     grid: int = 2  # objects sit at the centres of a grid x grid layout of cells (2 or 3)
     shapes: list[str] = field(default_factory=lambda: ["circle", "square", "triangle"])  # + "diamond"
     colors: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow"])  # + "purple", "orange"
@@ -65,7 +65,7 @@ class WorldConfig:
     caption_positions: bool = field(default=False, metadata={"hash": "unless_default"})
     # The order in which a two-object caption names its objects: "random", or "reading" (the object
     # in the earlier cell, row by row, first), a convention that breaks the symmetry between the two
-    # phrases without naming a cell. It did not help a teacher bind (README, ninth follow-up).
+    # phrases without naming a cell. It did not help a teacher bind (docs/toyworld-search.md, ninth follow-up).
     caption_order: CaptionOrder = field(default="random", metadata={"hash": "unless_default"})
 
     def validate(self) -> None:
@@ -115,7 +115,7 @@ class WorldConfig:
 
 
 # The larger world the project started from (3x3 grid, every shape, 6 colours, 3 backgrounds); its
-# teacher and critics were not learnable on a 2-core CPU budget (README). As `pretrain --set`:
+# teacher and critics were not learnable on a 2-core CPU budget (docs/toyworld-search.md). As `pretrain --set`:
 #   world.grid=3 "world.shapes=[circle,square,triangle,diamond]"
 #   "world.colors=[red,green,blue,yellow,purple,orange]" "world.backgrounds=[white,black,gray]"
 FULL_WORLD = {"grid": 3, "shapes": list(SHAPES), "colors": ["red", "green", "blue", "yellow", "purple", "orange"],

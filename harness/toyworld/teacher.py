@@ -38,7 +38,7 @@ class TeacherRecipe:
     # SD3Transformer2DModel (pixel space) + one CLIPTextModelWithProjection
     patch_size: int = 4
     # 6 blocks, not 4: with 4 (the same recipe otherwise) 80% / 8% of one- / two-object held-out
-    # captions parsed back, with 6 96% / 28% (49 min at one thread against 34; README)
+    # captions parsed back, with 6 96% / 28% (49 min at one thread against 34; docs/toyworld-search.md)
     num_layers: int = 6
     num_attention_heads: int = 4
     attention_head_dim: int = 32
@@ -66,7 +66,7 @@ class TeacherRecipe:
     # Training times shifted by SD3's time shift (3, the sampler's): logit-normal t alone puts 0.03% of
     # its draws above t = 0.97, where the sampler takes its first steps and the background and layout
     # are decided from the caption; without the shift 6 of 10 teachers trained here had not learned
-    # that end (one drew 31 of 100 one-object captions on the wrong background; README).
+    # that end (one drew 31 of 100 one-object captions on the wrong background; docs/toyworld-search.md).
     t_shift: float = 3.0
     seed: int = 0
     save_dtype: Literal["float16", "float32"] = "float16"
@@ -75,7 +75,7 @@ class TeacherRecipe:
     # decided; on the shipped teacher, guidance 2 / shift 3 parsed back 73% of one-object captions
     # where guidance 4 / shift 1 gave 55%), with the scheduler's stochastic steps (fresh noise at
     # every step: 80 / 81% of one-object captions at 40 steps where the Euler ODE gave 73 / 69%,
-    # README). Not part of the weights, so not of the hash: `evaluate --set teacher.sample_shift=1`
+    # docs/toyworld-search.md). Not part of the weights, so not of the hash: `evaluate --set teacher.sample_shift=1`
     # measures the same model another way.
     sample_steps: int = field(default=40, metadata={"hash": False})
     sample_guidance: float = field(default=2.0, metadata={"hash": False})
@@ -367,7 +367,7 @@ def background_at_pure_noise(backbone: Any, world: WorldConfig, n: int, *, seed:
     """Share of `n` held-out one-object captions whose clean-image prediction at t = 1 (pure noise,
     where the sampler starts) has the captioned background: the per-channel median pixel nearest
     the captioned background colour among the world's. A teacher that never trained the high-noise
-    end leaves the background to chance there, and its samples keep that chance (README)."""
+    end leaves the background to chance there, and its samples keep that chance (docs/toyworld-search.md)."""
     from harness.toyworld.scenes import PALETTE
 
     pairs = held_out_captions(world, n, 1, seed)
