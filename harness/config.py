@@ -161,6 +161,15 @@ def _coerce(value: Any, tp: Any, key: str, source: str, ov: frozenset[str]) -> A
     raise ConfigError(f"{_where(source, key, ov)}: unsupported field type {_type_name(tp)}")
 
 
+def check_literals(obj: Any) -> None:
+    """ValueError naming the field and its allowed values when a Literal-typed field of the dataclass
+    `obj` holds another value (the loader checks this for configs read from files; this is for
+    dataclasses built in code)."""
+    for name, tp in typing.get_type_hints(type(obj)).items():
+        if get_origin(tp) is Literal and getattr(obj, name) not in get_args(tp):
+            raise ValueError(f"{name} must be one of {get_args(tp)}, got {getattr(obj, name)!r}")
+
+
 def _from_dict(cls: type, data: Any, source: str, prefix: str, ov: frozenset[str] = frozenset()) -> Any:
     if data is None:
         data = {}

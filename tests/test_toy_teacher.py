@@ -161,12 +161,18 @@ def test_t_shift_moves_the_training_times_to_the_high_noise_end(tmp_path, monkey
 
 
 def test_recipe_refuses_a_value_its_literal_does_not_allow():
-    """Every Literal field is checked on construction outside the config loader too, save_dtype included."""
+    """Every Literal field of the teacher and critic recipes is checked outside the config loader too
+    (harness.config.check_literals), save_dtype included."""
     tiny_recipe().validate()
     for key, bad in (("qk_norm", "layer_norm"), ("lr_schedule", "linear"), ("t_sampling", "beta"),
                      ("save_dtype", "bfloat16")):
         with pytest.raises(ValueError, match=f"{key} must be one of"):
             tiny_recipe(**{key: bad}).validate()
+    from harness.toyworld.critics import default_critic_recipe
+
+    default_critic_recipe("small").validate()
+    with pytest.raises(ValueError, match="save_dtype must be one of"):
+        replace(default_critic_recipe("small"), save_dtype="bfloat16").validate()
 
 
 def test_caption_facts_ignore_position_and_size():

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.config import check_literals
 from harness.toyworld import text as T
 from harness.toyworld.edits import Edit, make_edit, sample_edit, supported_edit_types
 from harness.toyworld.parse import parse, shift_mask
@@ -146,6 +147,7 @@ class CriticRecipe:
 
     def validate(self) -> None:
         self.data.validate()
+        check_literals(self)
         if self.arch.image_size % self.arch.patch_size:
             raise ValueError(f"arch: image_size {self.arch.image_size} is not a multiple of patch_size {self.arch.patch_size}")
         if self.steps < 1 or self.batch_pairs < 1:

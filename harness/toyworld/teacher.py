@@ -17,11 +17,12 @@ import shutil
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from harness.config import check_literals
 from harness.models.base import TextEmbedding
 from harness.toyworld import text as T
 from harness.toyworld.render import render
@@ -92,9 +93,7 @@ class TeacherRecipe:
             raise ValueError(f"t_shift must be > 0 (1: no shift), got {self.t_shift}")
         if self.pos_spacing < 0:
             raise ValueError(f"pos_spacing must be >= 0 (0: SD3's own grid), got {self.pos_spacing}")
-        for name, tp in get_type_hints(type(self)).items():
-            if get_origin(tp) is Literal and getattr(self, name) not in get_args(tp):
-                raise ValueError(f"{name} must be one of {get_args(tp)}, got {getattr(self, name)!r}")
+        check_literals(self)
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if self.sample_steps < 1 or self.sample_shift <= 0:
