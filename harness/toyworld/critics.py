@@ -674,6 +674,13 @@ class CellProbe(torch.nn.Module):
         return sum(losses) / len(losses)
 
 
+def phase_at(recipe: CriticRecipe, step: int) -> str:
+    """The curriculum phase (PHASES) that training step `step` is in; phases of 0 steps are skipped."""
+    bounds = np.cumsum([recipe.probe_steps, recipe.inventory_steps, recipe.describe_steps, recipe.changes_steps,
+                        recipe.easy_steps])
+    return PHASES[int(np.searchsorted(bounds, step, side="right"))]
+
+
 def train_critic(recipe: CriticRecipe, folder: Path, pool: Pool, *, progress: bool = True,
                  stop_after: int | None = None, device: str | torch.device | None = None) -> Path | None:
     """Train one critic on `pool` and write its LLaVA folder to `folder` atomically (recipe.json
@@ -699,12 +706,10 @@ def train_critic(recipe: CriticRecipe, folder: Path, pool: Pool, *, progress: bo
     params = [p for _, p in named]
 
     easy = [i for i, (c, src) in enumerate(zip(pool.candidate, pool.source)) if c in EASY_CANDIDATES and src == "clean"]
-    bounds = np.cumsum([recipe.probe_steps, recipe.inventory_steps, recipe.describe_steps, recipe.changes_steps,
-                        recipe.easy_steps])
     answer_ids = {*critic.yes_ids, *critic.no_ids}
 
     def step_fn(step: int) -> float:
-        phase = PHASES[int(np.searchsorted(bounds, step, side="right"))]  # phases of 0 steps are skipped
+        phase = phase_at(recipe, step)
 
         def after(name: str) -> bool:
             return PHASES.index(phase) > PHASES.index(name)
