@@ -32,9 +32,6 @@ from harness.toyworld import assets  # noqa: E402
 from harness.toyworld import critics as C  # noqa: E402
 from harness.toyworld.teacher import train_teacher  # noqa: E402
 
-PHASE_STEPS = ("probe_steps", "inventory_steps", "describe_steps", "changes_steps", "easy_steps")
-
-
 def phase_steps(recipe: C.CriticRecipe) -> dict[str, int]:
     """How many of the recipe's steps fall in each curriculum phase (C.PHASES, in order)."""
     counts = Counter(C.phase_at(recipe, step) for step in range(recipe.steps))
@@ -45,9 +42,9 @@ def in_phase(recipe: C.CriticRecipe, phase: str, steps: int) -> C.CriticRecipe:
     """The recipe with the earlier phases emptied and `phase` long enough for `steps` steps, so that
     training from step 0 runs in `phase` (with the auxiliary losses the later phases keep)."""
     k = C.PHASES.index(phase)
-    sets = {key: 0 for key in PHASE_STEPS[:k]}
-    if k < len(PHASE_STEPS):
-        sets[PHASE_STEPS[k]] = steps
+    sets = {key: 0 for key in C.PHASE_STEPS[:k]}
+    if k < len(C.PHASE_STEPS):
+        sets[C.PHASE_STEPS[k]] = steps
     return replace(recipe, steps=steps + 1, **sets)
 
 

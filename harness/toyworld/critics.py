@@ -65,6 +65,8 @@ SOURCES = ("clean", "degraded", "teacher")  # how a candidate image was made
 EASY_CANDIDATES = ("correct", "noop", "unrelated")  # the curriculum's first questions (clean only)
 _STREAM_POOL, _STREAM_BATCH, _STREAM_BANK, _STREAM_INVENTORY = 21, 22, 23, 24
 PHASES = ("probe", "inventory", "describe", "changes", "easy", "all")  # the training curriculum, in order
+# The recipe fields with each phase's length (the last phase, "all", gets the steps that are left).
+PHASE_STEPS = ("probe_steps", "inventory_steps", "describe_steps", "changes_steps", "easy_steps")
 
 
 @dataclass
@@ -676,8 +678,7 @@ class CellProbe(torch.nn.Module):
 
 def phase_at(recipe: CriticRecipe, step: int) -> str:
     """The curriculum phase (PHASES) that training step `step` is in; phases of 0 steps are skipped."""
-    bounds = np.cumsum([recipe.probe_steps, recipe.inventory_steps, recipe.describe_steps, recipe.changes_steps,
-                        recipe.easy_steps])
+    bounds = np.cumsum([getattr(recipe, key) for key in PHASE_STEPS])
     return PHASES[int(np.searchsorted(bounds, step, side="right"))]
 
 
