@@ -72,8 +72,9 @@ class FlowGRPOConfig:
     lora_rank: int = 32  # the LoRA is this method's: backbone.lora_rank must be 0 or equal to it
     lora_alpha: float = 64.0
     lr: float = 1e-4  # learning rate of the LoRA; 0 = train.lr
-    # score: the critic writes a 0-9 score; yes_no: p(correct) of the App. E questions; auto: score if
-    # the critic writes readable scores, else yes_no; or a reward registered with methods.reward.register_reward.
+    # score: the critic writes a 0-9 score (App. F); edit: p(correct) of the App. E edit question (Yes/No
+    # critics); yes_no: p(correct) of the edit and identity questions; auto: score if the critic writes
+    # readable scores, else edit; or a reward registered with methods.reward.register_reward.
     reward: str = "auto"
     identity_question: bool = True  # yes_no: also ask the identity-preservation question
     score_retries: int = 1  # score: re-asks with a format reminder before a sample gets no reward
@@ -292,7 +293,7 @@ class FlowGRPO:
         rewards = torch.cat([r.values for r in results])
         if torch.isnan(rewards).all():
             raise RuntimeError(f"step {step}: the critic gave no readable reward for any of the {N} edits "
-                               f"(reward {self.reward_mode!r}); use method.reward=yes_no or a critic that follows the format")
+                               f"(reward {self.reward_mode!r}); use method.reward=edit or a critic that follows the format")
         adv = group_advantages(rewards.view(P, G), m.adv_eps, m.adv_clip).view(N).to(self.device)
 
         group_std = torch.stack([r[~torch.isnan(r)].std(unbiased=False) if (~torch.isnan(r)).any() else torch.tensor(0.0)

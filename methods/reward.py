@@ -6,10 +6,16 @@
   asked again with a short format reminder (`score_retries` times; greedy decoding makes repeating the
   same prompt pointless); if still unreadable, the sample gets no reward (NaN): the method leaves
   it out of its group's statistics and gives it advantage 0. Both are counted in the stats.
-- `yes_no`: for critics that only answer Yes/No (the built-in world's), the mean over the App. E
-  questions of the edit (methods/questions.py) of p(correct answer) = sigmoid(l_correct - l_other)
-  over the Yes/No logits: the probability NP-Edit's BCE loss maximises (methods/vlm_loss.py).
-- `auto`: `score` when the critic writes readable scores, else `yes_no` (see `resolve_auto`).
+- `edit`: for critics that only answer Yes/No (the built-in world's), p(correct answer) =
+  sigmoid(l_correct - l_other) over the Yes/No logits of the edit-verification question of App. E
+  alone (for removal: "does the image have {object}", answer No). It is the Yes/No counterpart of
+  App. F's edit score, which rates whether the instruction was carried out and nothing else: an
+  unchanged copy earns little. This is the default for such critics.
+- `yes_no`: the mean of p(correct answer) over the edit's App. E questions, the identity question
+  included (`identity_question`): the probabilities NP-Edit's BCE loss maximises
+  (methods/vlm_loss.py). It pays an unchanged copy for its identity answer, so RL with it is partly
+  pushed toward copying; kept by name for comparison.
+- `auto`: `score` when the critic writes readable scores, else `edit` (see `resolve_auto`).
 
 Other rewards (e.g. a synthetic one in tests) register with `register_reward`.
 A reward is a pure function of its images, so computing it in another thread changes nothing.
@@ -182,15 +188,17 @@ class YesNoReward:
 register_reward("score", lambda critic, m: ScoreReward(critic, retries=m.score_retries,
                                                         max_new_tokens=m.score_max_tokens),
                 help="the critic writes a 0-9 edit score (App. F), normalised to [0, 1]")
+register_reward("edit", lambda critic, m: YesNoReward(critic, identity=False),
+                help="p(correct answer) to the App. E edit-verification question, from the Yes/No logits")
 register_reward("yes_no", lambda critic, m: YesNoReward(critic, identity=m.identity_question),
-                help="mean p(correct answer) to the App. E questions, from the Yes/No logits")
+                help="mean p(correct answer) to the App. E questions (identity included), from the Yes/No logits")
 
 
 def resolve_auto(critic: Any, refs: torch.Tensor, instructions: Sequence[str], *, max_new_tokens: int = 24) -> str:
     """'score' when the critic writes a readable score for at least half of the probe edits
-    (each reference 'edited' into itself; greedy, so the choice is reproducible), else 'yes_no'."""
+    (each reference 'edited' into itself; greedy, so the choice is reproducible), else 'edit'."""
     if not callable(getattr(critic, "generate", None)):
-        return "yes_no"
+        return "edit"
     ok = 0
     for ref, ins in zip(refs, instructions):
         reply = critic.generate([ref, ref], SCORE_PROMPT.format(instruction=ins), max_new_tokens=max_new_tokens)
@@ -199,7 +207,7 @@ def resolve_auto(critic: Any, refs: torch.Tensor, instructions: Sequence[str], *
             ok += 1
         except ReplyParseError:
             pass
-    return "score" if 2 * ok >= len(instructions) else "yes_no"
+    return "score" if 2 * ok >= len(instructions) else "edit"
 
 
 def build_reward(name: str, critic: Any, method_cfg: Any) -> RewardModel:

@@ -16,6 +16,7 @@ from methods import common
 from methods import reward as R
 from methods.flow_grpo import (
     FlowGRPO,
+    FlowGRPOConfig,
     clipped_surrogate,
     gaussian_log_prob,
     group_advantages,
@@ -172,7 +173,43 @@ def test_yes_no_reward_is_the_mean_p_correct(paths):
                                                                ref_mask=[q.two_images]))[0]
             ps.append(torch.sigmoid(yn[0] - yn[1] if q.answer == "Yes" else yn[1] - yn[0]).item())
         assert got.values[b].item() == pytest.approx(sum(ps) / len(ps), abs=1e-5)
-    assert R.resolve_auto(critic, refs[:2], [r.instruction for r in recs[:2]]) == "yes_no"  # it writes no scores
+    assert R.resolve_auto(critic, refs[:2], [r.instruction for r in recs[:2]]) == "edit"  # it writes no scores
+    edit_only = R.build_reward("edit", critic, FlowGRPOConfig())(edited, refs, recs)
+    for b, r in enumerate(recs):
+        q = questions_for(r.edit_type, r.instruction, r.object)[0]
+        assert q.kind == "edit"
+        yn = critic.yes_no_logits(critic.next_token_logits([q.text], edited[b:b + 1], refs[b:b + 1],
+                                                           ref_mask=[q.two_images]))[0]
+        p = torch.sigmoid(yn[0] - yn[1] if q.answer == "Yes" else yn[1] - yn[0]).item()
+        assert edit_only.values[b].item() == pytest.approx(p, abs=1e-5)
+
+
+def test_the_default_reward_pays_the_exact_edit_more_than_an_unchanged_copy():
+    """On the built-in world, with the shipped large critic: App. F's reward rates whether the edit was
+    carried out, so the exact target must earn more than handing back the input; the old default (edit
+    and identity questions averaged) pays the copy for its identity answer."""
+    import numpy as np
+
+    from harness.models.llava import LlavaCriticConfig, load_llava_critic
+    from harness.toyworld import assets
+    from harness.toyworld.edits import sample_edit, supported_edit_types
+    from harness.data.sampling import to_tensor
+    from harness.toyworld.render import render_pil
+    from harness.toyworld.scenes import WorldConfig
+
+    world = WorldConfig()
+    folder = assets.locate(assets.critic_name("large"), assets.critic_recipe("large"))
+    critic = load_llava_critic(LlavaCriticConfig(path=str(folder)))
+    types = [t for t in supported_edit_types(world) if t != "customization"]
+    edits = [sample_edit(np.random.default_rng([31, i]), world, types[i % len(types)], split="test") for i in range(40)]
+    refs = torch.stack([to_tensor(render_pil(e.source, world), world.size) for e in edits])
+    targets = torch.stack([to_tensor(render_pil(e.target, world), world.size) for e in edits])
+    reward = R.build_reward(FlowGRPOConfig().reward if FlowGRPOConfig().reward != "auto"
+                            else R.resolve_auto(critic, refs[:2], [e.instruction for e in edits[:2]]), critic, FlowGRPOConfig())
+    on_target = reward(targets, refs, edits).values
+    on_copy = reward(refs, refs, edits).values
+    assert on_target.mean() > on_copy.mean() + 0.4, (on_target.mean(), on_copy.mean())
+    assert (on_target > on_copy).float().mean() > 0.8
 
 
 class ScriptedCritic:
