@@ -229,3 +229,15 @@ def test_critic_preprocessing_matches_its_processor(critic):
     expected = critic.processor.image_processor(images=Image.fromarray(arr), return_tensors="pt")["pixel_values"]
     ours = critic.layout.pixel_values(torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1)
     assert (ours - expected).abs().max() <= 1.1 / 255 / 0.5
+
+
+def test_the_input_clamp_passes_the_critics_gradient_to_pixels_past_the_range():
+    """The critic sees the image clamped to [-1, 1] as a saved file would be, but a generator pixel
+    that overshoots still gets the critic's gradient (straight-through), as one inside the range does."""
+    from harness.models.critic import to_unit
+
+    x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 1.3], requires_grad=True)
+    y = to_unit(x)
+    assert torch.equal(y.detach(), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 0.5))

@@ -36,8 +36,11 @@ PROMPT_CACHE_SIZE = 4096  # tokenized prompts kept (an image-heavy prompt is ~1-
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], clamped as saving the image would."""
-    return ((images.float() + 1) / 2).clamp(0, 1)
+    """[-1, 1] -> [0, 1], clamped as saving the image would, with a straight-through gradient: a pixel
+    the generator pushed past the range still gets the critic's gradient (a plain clamp gives it
+    none, and the built-in world's references sit at exactly -1 and 1, where outputs overshoot)."""
+    x = (images.float() + 1) / 2
+    return x + (x.clamp(0, 1) - x).detach()
 
 
 def _quantize(x: torch.Tensor) -> torch.Tensor:
