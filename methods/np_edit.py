@@ -52,6 +52,14 @@ class NPEditConfig:
     dmd_t_max: float = 0.98
     vlm_loss: Literal["bce", "ce"] = "bce"
     identity_question: bool = True
+    # Weight of the identity-preservation question against the edit question (the paper weighs them
+    # equally), and the iteration from which it is asked (0: from the start, as in the paper).
+    identity_weight: float = field(default=1.0, metadata={"hash": "unless_default"})
+    identity_start: int = field(default=0, metadata={"hash": "unless_default"})
+    # With train.init_from (an editor that already edits, e.g. SFT + NP-Edit), skip the identity
+    # warmup and the single-step phase: they exist to turn a text-to-image model into an identity
+    # editor, and re-running them pulls a trained editor back toward copying its input.
+    init_skips_phases: bool = field(default=True, metadata={"hash": "unless_default"})
     vlm_temperature: float = 1.0
     noop_prob: float = 0.01  # the 'do nothing' task with an L2 loss to the input
     noop_instructions: list[str] = field(default_factory=lambda: [
@@ -68,6 +76,9 @@ class NPEditConfig:
             raise ValueError(f"need 0 <= dmd_t_min < dmd_t_max <= 1, got {self.dmd_t_min}, {self.dmd_t_max}")
         if not 0 <= self.noop_prob <= 1:
             raise ValueError(f"noop_prob must be in [0, 1], got {self.noop_prob}")
+        if self.identity_weight < 0 or self.identity_start < 0:
+            raise ValueError(f"identity_weight and identity_start must be >= 0, got {self.identity_weight}, "
+                             f"{self.identity_start}")
 
 
 class NPEdit:
@@ -76,8 +87,11 @@ class NPEdit:
         self.backbone = common.build_backbone(cfg, device)
         self.critic = common.build_critic(cfg, device) if self.m.lambda_vlm > 0 else None
         self.G = self.backbone.make_denoiser(trainable=True)
+        self.warmup_steps, self.single_step_steps = self.m.warmup_steps, self.m.single_step_steps
         if cfg.train.init_from:
             common.load_init(self.G, cfg.train.init_from, rd.path)
+            if self.m.init_skips_phases:
+                self.warmup_steps = self.single_step_steps = 0
         self.use_dmd = self.m.lambda_dmd > 0
         self.teacher = self.backbone.make_denoiser(trainable=False) if self.use_dmd else None
         self.A = self.backbone.make_denoiser(trainable=True, lora=None) if self.use_dmd else None
@@ -124,8 +138,8 @@ class NPEdit:
         return x0
 
     def _phase_t(self, step: int, g: torch.Generator) -> float:
-        main_i = step - self.m.warmup_steps
-        if main_i < self.m.single_step_steps:
+        main_i = step - self.warmup_steps
+        if main_i < self.single_step_steps:
             return 1.0
         return float(self.m.unroll_ts[int(torch.randint(len(self.m.unroll_ts), (1,), generator=g))])
 
@@ -141,7 +155,7 @@ class NPEdit:
 
     # -- Method protocol ------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
-        if step < self.m.warmup_steps:
+        if step < self.warmup_steps:
             return self._warmup_step(step)
         return self._main_step(step)
 
@@ -192,10 +206,11 @@ class NPEdit:
             with self.prof("decode"):
                 img = self.backbone.decode(x0[active]) if need_image else None
             if m.lambda_vlm > 0:
-                qs = [questions_for(r.edit_type, r.instruction, r.object, identity=m.identity_question) for r in recs]
+                identity = m.identity_question and step >= m.identity_start and m.identity_weight > 0
+                qs = [questions_for(r.edit_type, r.instruction, r.object, identity=identity) for r in recs]
                 with self.prof("vlm_loss"):
                     l_vlm, st = vlm_loss(self.critic, img, y_img[active], qs, mode=m.vlm_loss,
-                                         temperature=m.vlm_temperature)
+                                         temperature=m.vlm_temperature, weights={"identity": m.identity_weight})
                 total = total + m.lambda_vlm * l_vlm * len(active) / B
                 out["loss_vlm"] = l_vlm.item()
                 out.update(st)

@@ -19,8 +19,9 @@ def vlm_loss(
     *,
     mode: Literal["bce", "ce"] = "bce",
     temperature: float = 1.0,
+    weights: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_VLM = -sum_j log p(a_j), averaged over the batch.
+    """L_VLM = -sum_j w_j log p(a_j), averaged over the batch; w_j = weights[kind of question j] (default 1).
 
     edited, ref: (B, 3, H, W) images in [-1, 1]; questions[b] are the questions about sample b.
     bce: p(a_j) = sigmoid((l_a - l_not_a) / temperature) over the Yes/No logits only.
@@ -44,6 +45,8 @@ def vlm_loss(
         per_q = F.cross_entropy(logits, target, reduction="none")
     else:
         raise ValueError(f"mode must be 'bce' or 'ce', got {mode!r}")
+    if weights:
+        per_q = per_q * torch.tensor([weights.get(q.kind, 1.0) for _, q in flat], device=per_q.device)
     loss = per_q.sum() / len(questions)
     p = torch.sigmoid(margin.detach())
     stats = {"p_correct": float(p.mean())}

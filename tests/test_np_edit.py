@@ -162,3 +162,44 @@ def test_trained_run_edits_from_the_command_line(paths, tmp_path):
     ed = edit.load_editor(rd.path)
     same = ed.edit([Image.open(src)], ["make the red circle blue"], seed=0)[0]
     assert (np.asarray(same) == np.asarray(Image.open(out))).all()
+
+
+def test_init_from_a_trained_editor_skips_the_warmup_and_single_step_phase(paths, tmp_path):
+    """From an editor that already edits, the first step is an unrolled main step (no identity warmup,
+    no t = 1-only phase); `init_skips_phases: false` keeps both, as from the text-to-image model."""
+    method = {"name": "np_edit", "warmup_steps": 3, "single_step_steps": 3, "n_aux": 1,
+              "unroll_ts": [0.5]}
+    cfg, rd = make(paths, tmp_path / "sft", method, train={"steps": 1}, eval={"benchmarks": []})
+    run(rd.path)
+    init = {"init_from": str(rd.path)}
+    cfg, rd2 = make(paths, tmp_path / "skip", method, train=init)
+    first = NPEdit(cfg, rd2, torch.device("cpu")).train_step(0)
+    assert "loss_id" not in first and first["t2"] == 0.5 and "loss_vlm" in first
+    cfg, rd3 = make(paths, tmp_path / "keep", {**method, "init_skips_phases": False}, train=init)
+    m = NPEdit(cfg, rd3, torch.device("cpu"))
+    assert "loss_id" in m.train_step(0) and m.train_step(3)["t2"] == 1.0
+    # without init_from the phases always run
+    cfg, rd4 = make(paths, tmp_path / "plain", method)
+    assert "loss_id" in NPEdit(cfg, rd4, torch.device("cpu")).train_step(0)
+
+
+def test_identity_question_weight_scales_its_share_of_the_vlm_loss(paths, tmp_path):
+    """L_VLM = (edit term + w * identity term) per sample: the loss at weights 0, 1 and 3 is linear in w,
+    and before `identity_start` the identity question is not asked."""
+    from methods.questions import questions_for
+    from methods.vlm_loss import vlm_loss
+
+    cfg, rd = make(paths, tmp_path, {"name": "np_edit", "warmup_steps": 0})
+    m = NPEdit(cfg, rd, torch.device("cpu"))
+    batch = m.data.sample(4, step_generator(0, 0, "w"))
+    imgs = batch.images
+    qs = [questions_for(r.edit_type, r.instruction, r.object) for r in batch.records]
+    loss = {w: vlm_loss(m.critic, imgs.flip(-1), imgs, qs, weights={"identity": w})[0].item() for w in (0.0, 1.0, 3.0)}
+    identity_term = loss[1.0] - loss[0.0]
+    assert identity_term > 0
+    assert loss[3.0] == pytest.approx(loss[0.0] + 3 * identity_term, rel=1e-5)
+
+    cfg, rd = make(paths, tmp_path / "late", {"name": "np_edit", "warmup_steps": 0, "single_step_steps": 10,
+                                              "identity_start": 2, "noop_prob": 0.0})
+    m = NPEdit(cfg, rd, torch.device("cpu"))
+    assert "p_identity" not in m.train_step(0) and "p_identity" in m.train_step(2)
