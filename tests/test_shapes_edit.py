@@ -254,3 +254,19 @@ def test_load_lpips_without_weights(monkeypatch, tmp_path):
     (oracle,) = bench.score(tmp_path / "out", model_name="oracle")
     (result,) = bench.score(tmp_path / "out")
     assert oracle.metrics["LPIPS"] == 0.0 and result.metrics["LPIPS"] > 0.0
+
+
+def test_the_validation_split_shares_no_scene_with_the_test_split():
+    """split: val draws its edits from training-split scenes, so tuning on it never scores a test edit."""
+    import json
+
+    from benchmarks.shapes_edit import ShapesEdit, ShapesEditConfig
+    from harness.toyworld.scenes import WorldConfig, split_of
+
+    world = WorldConfig()
+    val, test = (ShapesEdit(ShapesEditConfig(split=s, n_per_type=15)) for s in ("val", "test"))
+    assert {split_of(e.source, world) for _, e in val.edits()} == {"train"}
+    assert {split_of(e.source, world) for _, e in test.edits()} == {"test"}
+    key = lambda e: json.dumps([e.source.to_dict(), e.instruction], sort_keys=True)  # noqa: E731
+    assert not {key(e) for _, e in val.edits()} & {key(e) for _, e in test.edits()}
+    assert val.subset == "val" and test.subset == "all"
