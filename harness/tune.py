@@ -1,6 +1,7 @@
 """Hyperparameter search with optuna over the same runs, launchers and reports as sweeps.
 
     python -m harness.tune sweeps/toy/tune_lambdas.yaml [--cluster local] [--trials N]
+    python -m harness.tune sweeps/toy/tune_loss_ablation.yaml --summary --emit   # best values as sweep runs
 
 Tune file:
 
@@ -12,16 +13,26 @@ Tune file:
       method.lambda_dmd: {type: float, low: 0.1, high: 2.0}
       method.n_aux: {type: int, low: 1, high: 4}
       method.vlm_loss: {type: categorical, choices: [bce, ce]}
-    objective: {benchmark: shapes_edit, subset: all, metric: O, direction: maximize}
-    trials: 16
+    objective: {benchmark: shapes_edit, subset: val, metric: O, direction: maximize}
+    trials: 16                    # per variant: every variant gets the same budget
+    variants:                     # optional: tune several variants, each over its own knobs
+      - {name: ours, set: {method.name: np_edit}}
+      - {name: only_dmd, set: {method.name: dmd_only}, params: [method.lambda_dmd, train.lr]}
     batch: 2                      # trials launched together (one job array per batch)
     seed: 0
     launcher: {...}               # as in sweeps
     report: {...}                 # optional, as in sweeps
 
-Every trial is an ordinary run folder named by the hash of its config, and the study lives in
-<runs-dir>/<name>/optuna.db: running the same command again continues the search, and a trial
-whose run is already done is never trained again.
+Every trial is an ordinary run folder named by the hash of its config, and the studies (one per
+variant) live in <runs-dir>/<name>/optuna.db: running the same command again continues the search,
+and a trial whose run is already done is never trained again.
+
+Fair comparisons: every variant gets `trials` trials over the knobs it has (a variant's `params`
+names a subset of the file's search space; default: all of it), and trials are scored on validation
+splits only: a benchmark of a trial's config that has a `split` setting must be set to `val`
+(e.g. `overrides: {eval.benchmarks: [{name: shapes_edit, split: val}]}`), so a search never sees the
+test split the table is scored on. `--emit` prints each variant's best values as the `runs:` of a
+sweep, with a `tuning:` record of the budget, for the table's sweep file.
 """
 from __future__ import annotations
 
@@ -63,6 +74,17 @@ class Objective:
 
 
 @dataclass
+class Variant:
+    name: str = ""
+    set: dict[str, Any] = field(default_factory=dict)  # overrides that make the variant (e.g. method.name)
+    params: list[str] = field(default_factory=list)  # the knobs it is tuned over; empty = every param
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ValueError("every variant needs a 'name'")
+
+
+@dataclass
 class TuneConfig:
     name: str = ""
     base: Any = None
@@ -75,6 +97,7 @@ class TuneConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     report: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    variants: list[Variant] = field(default_factory=list)
 
     def validate(self) -> None:
         if not self.name:
@@ -83,6 +106,23 @@ class TuneConfig:
             raise ValueError("'params' must name at least one parameter to search")
         if self.trials < 1 or self.batch < 1:
             raise ValueError("'trials' and 'batch' must be >= 1")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variants: names must be unique, got {names}")
+        for v in self.variants:
+            unknown = [k for k in v.params if k not in self.params]
+            if unknown:
+                raise ValueError(f"variant {v.name!r}: params {unknown} are not in 'params' ({', '.join(self.params)})")
+            fixed = [k for k in v.set if k in self.params and (not v.params or k in v.params)]
+            if fixed:
+                raise ValueError(f"variant {v.name!r}: {fixed} are both set and searched; list its searched "
+                                 f"knobs in the variant's 'params'")
+
+    def all_variants(self) -> list[Variant]:
+        return self.variants or [Variant(name="", params=list(self.params))]
+
+    def space(self, v: Variant) -> dict[str, "Param"]:
+        return {k: self.params[k] for k in (v.params or self.params)}
 
 
 def suggest(trial: Any, name: str, p: Param) -> Any:
@@ -102,6 +142,16 @@ def objective_value(pr: S.PlannedRun, obj: Objective) -> float | None:
     raise C.ConfigError(f"objective: run {pr.run_id} has no {obj.benchmark}/{obj.subset} metric {obj.metric!r}")
 
 
+def check_validation_only(cfg: Any, where: str) -> None:
+    """Tuning scores validation splits only: a benchmark with a `split` setting must be at 'val'."""
+    for b in cfg.eval.benchmarks:
+        split = getattr(b, "split", None)
+        if split is not None and split != "val":
+            raise C.ConfigError(f"{where}: eval.benchmarks: {b.name} is set to split {split!r}; tuning scores the "
+                                f"validation split only, so that the test split stays unseen: set split: val "
+                                f"(e.g. overrides: {{eval.benchmarks: [{{name: {b.name}, split: val}}]}})")
+
+
 class Tuner:
     def __init__(self, path: Path, runs_dir: Path, cluster: str | None = None, out=sys.stdout):
         raw = C.read_yaml(path)
@@ -111,28 +161,45 @@ class Tuner:
         self.sweep = S.Sweep(path, sweep_cfg, runs_dir)
         self.cluster, self.out = cluster, out
 
-    def plan(self, params: dict[str, Any]) -> S.PlannedRun:
+    def plan(self, params: dict[str, Any], variant: Variant | None = None) -> S.PlannedRun:
+        variant = variant or self.cfg.all_variants()[0]
         base, source = S._base_dict(self.sweep)
-        overrides = {**self.cfg.overrides, **params}
-        cfg = C.load_run_config(None, overrides, data=base, label=f"{self.sweep.path}: trial {S._fmt(params)}",
-                                source=source)
+        overrides = {**self.cfg.overrides, **variant.set, **params}
+        label = f"{self.sweep.path}: {f'variant {variant.name}, ' if variant.name else ''}trial {S._fmt(params)}"
+        cfg = C.load_run_config(None, overrides, data=base, label=label, source=source)
+        check_validation_only(cfg, label)
         rid = C.config_hash(cfg)
-        return S.PlannedRun(params, cfg, rid, S.RunDir(self.sweep.root / rid))
+        return S.PlannedRun({**variant.set, **params}, cfg, rid, S.RunDir(self.sweep.root / rid))
 
-    def study(self) -> Any:
+    def check(self) -> None:
+        """Every variant's config resolves (at the low end of its search space) before any trial runs."""
+        for v in self.cfg.all_variants():
+            self.plan({k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in self.cfg.space(v).items()}, v)
+
+    def study(self, variant: Variant | None = None) -> Any:
         import optuna
 
+        name = self.cfg.name + (f"/{variant.name}" if variant is not None and variant.name else "")
         self.sweep.root.mkdir(parents=True, exist_ok=True)
         return optuna.create_study(
-            study_name=self.cfg.name, storage=f"sqlite:///{(self.sweep.root / 'optuna.db').resolve()}",
+            study_name=name, storage=f"sqlite:///{(self.sweep.root / 'optuna.db').resolve()}",
             load_if_exists=True, direction=self.cfg.objective.direction,
             sampler=optuna.samplers.TPESampler(seed=self.cfg.seed))
 
-    def run(self, trials: int | None = None) -> Any:
+    def run(self, trials: int | None = None) -> dict[str, Any]:
+        """Every variant's study, `trials` trials each (one after another); {variant name: study}."""
+        studies = {}
+        for v in self.cfg.all_variants():
+            if v.name:
+                print(f"variant {v.name}: {S._fmt(v.set)}; searching {', '.join(self.cfg.space(v))}", file=self.out)
+            studies[v.name] = self.run_variant(v, trials)
+        return studies
+
+    def run_variant(self, variant: Variant, trials: int | None = None) -> Any:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = self.study()
+        study = self.study(variant)
         target = trials or self.cfg.trials
         # trials asked by an interrupted search: finish them first
         pending = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
@@ -146,8 +213,9 @@ class Tuner:
                 batch.append(study.ask())
             planned = []
             for t in batch:
-                params = dict(t.params) if t.params else {k: suggest(t, k, p) for k, p in self.cfg.params.items()}
-                planned.append((t, self.plan(params)))
+                space = self.cfg.space(variant)
+                params = dict(t.params) if t.params else {k: suggest(t, k, p) for k, p in space.items()}
+                planned.append((t, self.plan(params, variant)))
             S.launch(self.sweep, [pr for _, pr in planned], cluster=self.cluster, out=self.out)
             for t, pr in planned:
                 value = objective_value(pr, self.cfg.objective)
@@ -161,17 +229,39 @@ class Tuner:
         return study
 
 
-def summary(study: Any, obj: Objective) -> str:
+def _completed(study: Any, obj: Objective) -> list[Any]:
     import optuna
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return sorted(done, key=lambda t: t.value, reverse=obj.direction == "maximize")
+
+
+def summary(study: Any, obj: Objective) -> str:
+    done = _completed(study, obj)
     if not done:
         return "no completed trial"
-    done.sort(key=lambda t: t.value, reverse=obj.direction == "maximize")
     lines = [f"{len(done)} completed trials; best {obj.metric} = {done[0].value:.4f}"]
     for t in done[:10]:
         lines.append(f"  #{t.number:<4} {obj.metric}={t.value:.4f}  " + " ".join(f"{k}={v}" for k, v in t.params.items()))
     return "\n".join(lines)
+
+
+def emit(tuner: Tuner, studies: dict[str, Any], path: str) -> str:
+    """The best values of every variant as the `runs:` of a sweep, with the `tuning:` record of the budget."""
+    import yaml
+
+    obj, runs, best = tuner.cfg.objective, [], {}
+    for v in tuner.cfg.all_variants():
+        done = _completed(studies[v.name], obj)
+        if not done:
+            raise C.ConfigError(f"{path}: variant {v.name or '(base)'} has no completed trial yet")
+        params = {k: (float(f"{x:.4g}") if isinstance(x, float) else x) for k, x in done[0].params.items()}
+        runs.append({**({"name": v.name} if v.name else {}), **v.set, **params})
+        best[v.name or "base"] = round(done[0].value, 4)
+    record = {"file": str(path), "trials_per_variant": tuner.cfg.trials,
+              "completed": {v.name or "base": len(_completed(studies[v.name], obj)) for v in tuner.cfg.all_variants()},
+              "objective": f"{obj.benchmark}/{obj.subset} {obj.metric} ({obj.direction})", "best": best}
+    return yaml.safe_dump({"tuning": record, "runs": runs}, sort_keys=False, default_flow_style=None, width=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,15 +272,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=None, help="total trials to reach (default: the file's)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--summary", action="store_true", help="print the best trials so far; run nothing")
+    p.add_argument("--emit", action="store_true",
+                   help="print each variant's best values as sweep `runs:` with a `tuning:` record (for the table's sweep)")
     args = p.parse_args(argv)
     try:
         tuner = Tuner(Path(args.tune), Path(args.runs_dir), args.cluster)
-        tuner.plan({k: (v.choices[0] if v.type == "categorical" else v.low) for k, v in tuner.cfg.params.items()})
+        tuner.check()
     except (C.ConfigError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    study = tuner.study() if args.summary else tuner.run(args.trials)
-    print(summary(study, tuner.cfg.objective))
+    if args.summary:
+        studies = {v.name: tuner.study(v) for v in tuner.cfg.all_variants()}
+    else:
+        studies = tuner.run(args.trials)
+    for name, study in studies.items():
+        print((f"variant {name}: " if name else "") + summary(study, tuner.cfg.objective))
+    if args.emit:
+        try:
+            print(emit(tuner, studies, args.tune), end="")
+        except C.ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     if tuner.cfg.report and not args.summary:
         S.build_report(tuner.sweep)
     return 0

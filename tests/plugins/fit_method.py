@@ -96,10 +96,14 @@ def load_editor(folder, device="cpu"):
 @dataclass
 class FitEvalConfig:
     name: str = "fit_eval"
+    split: str = "test"  # 'val' | 'test': which split a run is scored on (recorded in scored_splits.log)
 
 
 class FitEval:
     name = "fit_eval"
+
+    def __init__(self, cfg=None):
+        self.split = cfg.split if cfg is not None else "test"
 
     def samples(self):
         return [Sample("0", None, "", "fit")]
@@ -112,10 +116,13 @@ class FitEval:
     def score(self, out_dir, *, model_name="model"):
         d = load_file(str(Path(out_dir) / model_name / "w.safetensors"))
         err = float(((d["w"] - d["t"]) ** 2).sum())
-        return [BenchmarkResult("fit_eval", metrics={"err": err, "w0": float(d["w"][0])},
+        with open(Path(out_dir).parent.parent / "scored_splits.log", "a") as f:  # <run>/eval/<bench>/
+            f.write(self.split + "\n")
+        subset = "val" if self.split == "val" else "all"
+        return [BenchmarkResult("fit_eval", subset=subset, metrics={"err": err, "w0": float(d["w"][0])},
                                 per_task={"fit": {"err": err}}, counts={"fit": {"n": 1, "scored": 1}})]
 
 
 METHODS.register("fit", Spec(FitConfig, FitMethod))
 METHODS.register("fit_fast", Spec(FitConfig, FitMethod, defaults={"lr": 0.2}))
-BENCHMARKS.register("fit_eval", Spec(FitEvalConfig, lambda cfg: FitEval()))
+BENCHMARKS.register("fit_eval", Spec(FitEvalConfig, lambda cfg: FitEval(cfg)))
