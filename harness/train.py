@@ -103,6 +103,7 @@ def run(run_dir: Path, *, progress: bool | None = None) -> dict[str, Any]:
 def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -> dict[str, Any]:
     from tqdm import tqdm
 
+    t_build = time.time()
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = resolve_device(cfg.train.device)
     spec = METHODS.get(cfg.method.name)
@@ -125,6 +126,7 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -
     steps = cfg.train.steps
     bar = tqdm(total=steps, initial=start, disable=not progress or not main, desc=rd.id, dynamic_ncols=True)
     t0 = time.time()
+    timing = {"build_s": round(t0 - t_build, 1)}  # of this process: a resumed run's own share
     for step in range(start, steps):
         metrics = method.train_step(step)
         _check_finite(metrics, step)
@@ -142,6 +144,8 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -
     if latest is None and steps == 0:
         save(0)
 
+    timing["train_s"] = round(time.time() - t0, 1)
+    t1 = time.time()
     method.export(str(rd.model_dir))  # every rank (a collective when sharded); rank 0 writes
     if not main:
         return {}
@@ -154,11 +158,15 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -
     else:
         _save_samples(method, rd, steps)
         editor = method.editor()
+    timing["export_s"] = round(time.time() - t1, 1)
+    t2 = time.time()
     results = evaluate_editor(editor, cfg, rd, progress=progress, preemption=preemption)
+    timing["evaluate_s"] = round(time.time() - t2, 1)
     out = {
         "run_id": rd.id,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "train": {"steps": steps, "seconds": round(time.time() - t0, 1)},
+        "timing": timing,
         "results": [r.to_dict() for r in results],
     }
     rd.write_result(out)

@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
     p.add_argument("--single-step", action="store_true", help="time the single-step phase instead of the 2-step unroll")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, one per core)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     phase = ["method.warmup_steps=0", f"method.single_step_steps={10**9 if args.single_step else 0}"]
     cfg = C.load_run_config(args.config, [*args.overrides, *phase, f"train.device={args.device}"])
