@@ -1,11 +1,11 @@
 """Hyperparameter search with optuna over the same runs, launchers and reports as sweeps.
 
-    python -m harness.tune sweeps/toy/tune_lambdas.yaml [--cluster local] [--trials N]
+    python -m harness.tune sweeps/toy/tune_loss_ablation.yaml [--cluster local] [--trials N]
     python -m harness.tune sweeps/toy/tune_loss_ablation.yaml --summary --emit   # best values as sweep runs
 
 Tune file:
 
-    name: toy_tune_lambdas
+    name: my_search
     base: ../../configs/toy/np_edit.yaml
     overrides: {train.steps: 200}
     params:                       # the search space
