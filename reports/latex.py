@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -181,6 +182,13 @@ def _listing(values: dict[str, list[str]]) -> str:
     return ", ".join(f"{v} ({', '.join(labels)})" for v, labels in values.items())
 
 
+def _differs(key: str, settings: Any) -> bool:
+    """Whether the settings differ in `key`; a benchmark config not recorded (results written before it was)
+    matches any."""
+    values = {s[key] for s in settings}
+    return len(values - {"null"} if key == "eval.benchmark_config" else values) > 1
+
+
 def _settings(table: Table, columns: list[Column], rows: list[Row], runs: pd.DataFrame,
               where: str) -> tuple[str, list[tuple[str, str]]]:
     """Refuse rows compared under different evaluation settings, unless the table declares the keys that
@@ -198,7 +206,7 @@ def _settings(table: Table, columns: list[Column], rows: list[Row], runs: pd.Dat
             if not units:
                 continue
             of = {u: {k: canon(runs.at[u, k]) for k in keys} for u in units}
-            differ = [k for k in keys if len({s[k] for s in of.values()}) > 1]
+            differ = [k for k in keys if _differs(k, of.values())]
             if differ:
                 detail = "; ".join(f"{k} = " + _listing({v: sorted({f"run {runs.at[u, 'run_id']}" for u in units
                                                                      if of[u][k] == v})
@@ -209,15 +217,16 @@ def _settings(table: Table, columns: list[Column], rows: list[Row], runs: pd.Dat
                                   f"them rows (`rows: {differ[0]}`)")
             settings[i] = of[units[0]]
         per_bench[bench] = settings
-        undeclared = [k for k in keys if k not in declared and len({s[k] for s in settings.values()}) > 1]
+        undeclared = [k for k in keys if k not in declared and _differs(k, settings.values())]
         if undeclared:
             detail = "; ".join(f"{k} = " + _listing({v: [rows[i].label for i, s in settings.items() if s[k] == v]
                                                      for v in dict.fromkeys(s[k] for s in settings.values())})
                                for k in undeclared)
             k = undeclared[0]
+            how = "key=value ..." if k == "eval.benchmark_config" else f"{k}=..."
             raise ReportError(
                 f"{where}: rows were scored under different evaluation settings on {bench}: {detail}. Score them "
-                f"under one (python -m harness.evaluate --run RUN --benchmark {bench} {k}=...) and keep it with "
+                f"under one (python -m harness.evaluate --run RUN --benchmark {bench} {how}) and keep it with "
                 f"`where: {{{k}: ...}}`, or say how they differ: `info: {{{k}: ...}}` (a column) or "
                 f"`setting_varies: [{k}]` (a note)")
 
@@ -232,7 +241,7 @@ def _settings(table: Table, columns: list[Column], rows: list[Row], runs: pd.Dat
     for bench, settings in per_bench.items():
         if not settings:
             continue
-        varying = [k for k in keys if len({s[k] for s in settings.values()}) > 1]
+        varying = [k for k in keys if _differs(k, settings.values())]
         shared = {k: next(iter(settings.values()))[k] for k in keys if k not in varying}
         text = describe_setting(shared)
         shown = [how(k) for k in varying if k != "eval.benchmark_config" or k in table.info]

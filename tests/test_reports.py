@@ -345,6 +345,24 @@ def test_a_run_scored_under_two_settings_is_one_row_per_setting(mixed: Path) -> 
     assert "Evaluation setting: euler sampler, 28 steps, eval seed 0; differing between rows: guidance (the rows)." in tex
 
 
+def test_rows_on_other_benchmark_configs_are_refused_unless_unrecorded(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    write_run(root, "a", method="np_edit", metrics={"O": 0.5})
+    b = write_run(root, "b", method="dmd_only", metrics={"O": 0.4})
+    result = json.loads((b / "result.json").read_text())
+    result["results"][0]["meta"]["benchmark_config"] = "beef00"  # e.g. scored on 50 samples per type, not 20
+    (b / "result.json").write_text(json.dumps(result))
+    spec = spec_from_dict({"tables": [{"name": "t", "columns": [{"benchmark": "shapes_edit", "metrics": ["O"]}]}]})
+    with pytest.raises(ReportError, match=r"eval.benchmark_config = beef00 \(dmd_only\), c0ffee \(np_edit\)\. Score them "
+                                          r"under one \(python -m harness.evaluate --run RUN --benchmark shapes_edit "
+                                          r"key=value \.\.\.\)"):
+        render_table(spec.tables[0], spec, collect(root))
+    del result["results"][0]["meta"]["benchmark_config"]  # written before it was recorded: matches any
+    (b / "result.json").write_text(json.dumps(result))
+    assert body_rows(render_table(spec.tables[0], spec, collect(root))) == [
+        r"dmd\_only & \underline{0.40} \\", r"np\_edit & \textbf{0.50} \\"]
+
+
 def seeds_of(root: Path, rows: dict[str, list[float]], metric: str = "O") -> Path:
     """One run per seed and row (method), with the given values of `metric` (and LPIPS the same)."""
     for method, values in rows.items():
