@@ -14,14 +14,17 @@ Sweep file:
     zip:                           # groups of lists that move together (same length), crossed with the grid
       - {data.fraction: [0.01, 0.5, 1.0], train.steps: [100, 200, 300]}
     runs:                          # explicit runs (override mappings), crossed with the grid and zips
-      - {method.name: sft}
+      - {method.name: sft, name: sft}
       - {include: ../configs/np_edit.yaml, train.init_from: "@sft"}   # a config file merged over the base
+    seeds: [0, 1, 2]               # every run above, once per training seed (sets `seed`; its own run id)
     launcher: {cluster: auto, partition: gpu, gpus_per_node: 1, cpus_per_task: 8, mem_gb: 64,
                timeout_min: 240, array_parallelism: 8}
     report: {...}                  # tables and plots (see reports/spec.py)
 
 Runs are named by a hash of their resolved config; running the same command again never redoes a
 done run, resumes interrupted ones from their checkpoints, and relaunches failed runs only with --retry.
+With `seeds`, a run that starts from another run of the sweep (`train.init_from: "@name"`) starts from
+that run's copy with the same seed; reports average a row over its seeds (mean, std, n).
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ class SweepConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     report: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # Training seeds: every run of grid x zip x runs is expanded once per seed (sets the run's `seed`).
+    seeds: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         if not self.name:
@@ -106,7 +111,8 @@ def _base_dict(sweep: Sweep) -> tuple[dict, str]:
 
 
 def combinations(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """grid x zip groups x runs, in a stable order."""
+    """grid x zip groups x runs (x seeds), in a stable order: the seeds of one run are adjacent, and
+    `seed` comes first in each, so that a truncated overrides column still shows it."""
     axes: list[list[dict[str, Any]]] = []
     if cfg.grid:
         keys = list(cfg.grid)
@@ -123,15 +129,33 @@ def combinations(cfg: SweepConfig) -> list[dict[str, Any]]:
         for p in parts:
             combo.update(p)
         out.append(combo)
-    return out
+    if not cfg.seeds:
+        return out
+    dup = sorted({s for s in cfg.seeds if cfg.seeds.count(s) > 1})
+    if dup:
+        raise ValueError(f"key 'seeds': {', '.join(map(str, dup))} listed twice")
+    setting = [c for c in out if "seed" in c]
+    if setting:
+        raise ValueError(f"key 'seeds' expands every run per seed, but the run {_fmt(setting[0])} sets 'seed' "
+                         "itself: list the seeds in one place")
+    return [{"seed": s, **combo} for combo in out for s in cfg.seeds]
 
 
 def expand(sweep: Sweep) -> list[PlannedRun]:
     """Resolve every run of the sweep (pure: reads files, writes nothing). Duplicates are merged."""
     base, source = _base_dict(sweep)
     cli = dict(C.parse_override(o) for o in sweep.cli_overrides)
+    if sweep.cfg.seeds:
+        for where, given in (("overrides", sweep.cfg.overrides), ("the command line", cli)):
+            if "seed" in given:
+                raise C.ConfigError(f"{sweep.path}: key 'seeds' expands every run per seed, but {where} sets "
+                                    "'seed' too: list the seeds in one place")
+    try:
+        combos = combinations(sweep.cfg)
+    except ValueError as e:
+        raise C.ConfigError(f"{sweep.path}: {e}") from None
     configs = []
-    for combo in combinations(sweep.cfg):
+    for combo in combos:
         run_base, run_source = base, source
         if "include" in combo:  # a run may bring a config file of its own, merged over the base
             inc = sweep.path.parent / str(combo["include"])
@@ -155,7 +179,8 @@ def expand(sweep: Sweep) -> list[PlannedRun]:
 
 def _resolve_references(sweep: Sweep, configs: list[tuple[dict, Any]]) -> None:
     """`train.init_from: '@<name>'` names another run of this sweep (by its `name`); it becomes
-    '@<run-id>' so the run id depends on the config of the run it starts from."""
+    '@<run-id>' so the run id depends on the config of the run it starts from. When several runs share
+    the name (one per seed), the reference is to the one with the referring run's `seed`."""
     by_name: dict[str, list[Any]] = {}
     for _, cfg in configs:
         if cfg.name:
@@ -164,11 +189,13 @@ def _resolve_references(sweep: Sweep, configs: list[tuple[dict, Any]]) -> None:
     for _ in range(len(pending) + 1):
         progressed = False
         for cfg in list(pending):
-            target = by_name.get(_ref(cfg), [])
+            named = by_name.get(_ref(cfg), [])
+            target = [t for t in named if t.seed == cfg.seed] if len(named) > 1 else named
             if len(target) != 1:
                 known = ", ".join(sorted(by_name)) or "(no run has a name)"
+                found = f"{len(named)}" + (f", {len(target)} with seed {cfg.seed}" if len(named) > 1 else "")
                 raise C.ConfigError(f"{sweep.path}: train.init_from '@{_ref(cfg)}' must name exactly one run of the "
-                                    f"sweep (found {len(target)}); run names: {known}")
+                                    f"sweep (per seed; found {found}); run names: {known}")
             if _ref(target[0]) and target[0] in pending:
                 continue  # resolve what it depends on first
             cfg.train.init_from = "@" + C.config_hash(target[0])

@@ -3,9 +3,13 @@
     python -m reports.build RUNS_DIR [--spec FILE] [--out DIR] [--pdf]
 
 The spec is the `report:` key of RUNS_DIR/sweep.yaml, or of FILE. Writes into DIR (default
-RUNS_DIR/report/): results.csv and results.parquet (the long-form table of reports.collect),
-counts.csv (samples scored / failed / missing per task), <table>.tex per table, tables.tex (a
-document that inputs them all, for compiling), <plot>.pdf and <plot>.png per plot.
+RUNS_DIR/report/): results.csv and results.parquet (the long-form table of reports.collect, with the
+evaluation setting of every result in its eval.* columns), counts.csv (samples scored / failed /
+missing per task), <table>.tex and <table>.md (GitHub markdown) per table, tables.tex (a document
+that inputs them all, for compiling), <plot>.pdf and <plot>.png per plot.
+
+A table whose rows were scored under different evaluation settings, without the spec saying how
+they differ, is refused (error naming the rows and keys; see reports.spec).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from harness.config import ConfigError
 from harness.runstore import RunDir, atomic_path, atomic_write_text
 from reports.collect import ReportWarning, collect, collect_counts, run_dirs, warn
 from reports.figures import write_plot
-from reports.latex import compile_pdf, render_table, wrap_document
+from reports.latex import compile_pdf, render_markdown, render_table, table_data, wrap_document
 from reports.spec import ReportError, ReportSpec, load_spec, spec_from_dict
 
 
@@ -96,9 +100,11 @@ def build_report(
 
     tables = []
     for table in spec.tables:
-        path = out / f"{table.name}.tex"
-        atomic_write_text(path, render_table(table, spec, df))
-        written.append(path)
+        data = table_data(table, spec, df)
+        for path, text in ((out / f"{table.name}.tex", render_table(table, spec, df, data)),
+                           (out / f"{table.name}.md", render_markdown(table, spec, df, data))):
+            atomic_write_text(path, text)
+            written.append(path)
         tables.append(table.name)
     if tables:
         path = out / "tables.tex"

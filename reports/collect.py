@@ -1,8 +1,15 @@
 """Collect a sweep's finished runs into one long-form pandas table.
 
-One row per run x benchmark x subset x task x metric: columns `run_id, benchmark, subset, task,
-metric, value` (task 'all' holds the benchmark's reported numbers), then the run's config as
+One row per run x result x task x metric: columns `run_id, benchmark, subset, task, metric, value`
+(task 'all' holds the benchmark's reported numbers), then the evaluation setting the result was
+scored under (SETTING_COLUMNS: `eval.sampler`, `eval.steps`, `eval.guidance`, `eval.seed`,
+`eval.benchmark_config`, a hash of the benchmark's generation config), then the run's config as
 flattened dotted keys (`method.name`, `data.fraction`, `model.critic.size`, `seed`, `name`, ...).
+
+The setting columns come from each result's `meta` (what was used: harness.evaluate records it), so
+one run re-scored under several settings has one result per setting; a result that does not record
+it (written before it was recorded) takes the run config's eval.* values. Tables and figures group
+the results by run and setting (`runs_table`): a run scored two ways counts as two, never averaged.
 """
 from __future__ import annotations
 
@@ -19,9 +26,10 @@ import pandas as pd
 import yaml
 
 from harness.config import flatten
-from reports.spec import ReportError
+from reports.spec import SETTING_KEYS, ReportError
 
 RESULT_COLUMNS = ["run_id", "benchmark", "subset", "task", "metric", "value"]
+SETTING_COLUMNS = list(SETTING_KEYS)
 COUNT_COLUMNS = ["run_id", "benchmark", "subset", "task", "n", "scored", "failed", "missing"]
 
 
@@ -73,18 +81,48 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
+def result_setting(meta: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation setting of one result: from its meta, else from the run's flat config."""
+    sampling = meta.get("sampling") if isinstance(meta.get("sampling"), dict) else {}
+    return {
+        "eval.sampler": sampling.get("sampler", config.get("eval.sampler")),
+        "eval.steps": sampling.get("steps", config.get("eval.steps")),
+        "eval.guidance": sampling.get("guidance", config.get("eval.guidance")),
+        "eval.seed": meta.get("eval_seed", config.get("eval.seed")),
+        "eval.benchmark_config": meta.get("benchmark_config"),
+    }
+
+
+KEY_NAMES = {"eval.sampler": "sampler", "eval.steps": "steps", "eval.guidance": "guidance",
+              "eval.seed": "eval seed", "eval.benchmark_config": "benchmark config"}
+
+
+def describe_setting(setting: dict[str, str]) -> str:
+    """'euler sampler, 28 steps, guidance 4.5, eval seed 0' (unknown values and the config hash left out)."""
+    parts = []
+    for key, fmt in (("eval.sampler", "{} sampler"), ("eval.steps", "{} steps"), ("eval.guidance", "guidance {}"),
+                     ("eval.seed", "eval seed {}")):
+        v = setting.get(key, "null")
+        if v != "null":
+            parts.append(fmt.format(v))
+    return ", ".join(parts)
+
+
 def collect(runs_dir: str | Path) -> pd.DataFrame:
     """The long-form results table of every finished run under `runs_dir` (see module doc)."""
     records: list[dict[str, Any]] = []
     config_keys: dict[str, None] = {}
     for run_id, config, results in _read_runs(runs_dir):
         config_keys.update(dict.fromkeys(config))
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, ...]] = set()
         for res in results:
             bench, subset = str(res.get("benchmark", "")), str(res.get("subset", "all"))
-            if (bench, subset) in seen:
-                warn(f"run {run_id}: {bench}/{subset} appears twice in result.json; both are kept")
-            seen.add((bench, subset))
+            setting = result_setting(res.get("meta") or {}, config)
+            key = (bench, subset, *(canon(v) for v in setting.values()))
+            if key in seen:
+                warn(f"run {run_id}: {bench}/{subset} appears twice in result.json under one evaluation setting; "
+                     "both are kept")
+            seen.add(key)
             tasks = {"all": res.get("metrics") or {}}
             for task, metrics in (res.get("per_task") or {}).items():
                 if task == "all":
@@ -97,8 +135,9 @@ def collect(runs_dir: str | Path) -> pd.DataFrame:
                     if x is None:
                         continue
                     records.append({"run_id": run_id, "benchmark": bench, "subset": subset, "task": task,
-                                    "metric": str(metric), "value": x, **config})
-    return pd.DataFrame.from_records(records, columns=RESULT_COLUMNS + [k for k in config_keys if k not in RESULT_COLUMNS])
+                                    "metric": str(metric), "value": x, **config, **setting})
+    fixed = RESULT_COLUMNS + SETTING_COLUMNS
+    return pd.DataFrame.from_records(records, columns=fixed + [k for k in config_keys if k not in fixed])
 
 
 def collect_counts(runs_dir: str | Path) -> pd.DataFrame:
@@ -117,12 +156,24 @@ def collect_counts(runs_dir: str | Path) -> pd.DataFrame:
 
 
 def config_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c not in RESULT_COLUMNS]
+    """The columns runs are selected by: the evaluation setting and the run's config."""
+    return [c for c in df.columns if c not in RESULT_COLUMNS and c != "unit"]
+
+
+def unit_ids(df: pd.DataFrame) -> pd.Series:
+    """'run_id|setting' for every row of the results: one id per run and evaluation setting."""
+    ids = df.run_id.astype(str)
+    for c in SETTING_COLUMNS:
+        if c in df.columns:
+            ids = ids + "|" + df[c].map(canon)
+    return ids
 
 
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: run_id and its config columns."""
-    return df.drop_duplicates("run_id")[["run_id", *config_columns(df)]].set_index("run_id", drop=False)
+    """One row per run and evaluation setting (a run re-scored under another setting gives two),
+    indexed by their unit id (`unit_ids`): run_id, the setting and config columns."""
+    units = df.assign(unit=unit_ids(df)) if "unit" not in df.columns else df
+    return units.drop_duplicates("unit")[["unit", "run_id", *config_columns(df)]].set_index("unit", drop=False)
 
 
 def canon(v: Any) -> str:

@@ -1,5 +1,10 @@
 """Seaborn figures (PDF + PNG) for a report spec's plots.
 
+A point (x, hue) with several runs (seeds) is their mean with an error bar of one standard deviation;
+a note under the axes says so and gives the evaluation setting of the figure. As in tables, points
+scored under different evaluation settings are refused (ReportError) unless the keys that differ
+are `x`, `hue` or listed in the plot's `setting_varies`; one point never averages two settings.
+
 Every method has one colour in every figure of every report: the methods the project ships have
 fixed colours (`METHOD_COLORS`); any other name gets a colour derived from its text, so it too is the
 same everywhere. Figures are drawn on bare matplotlib `Figure`s (no pyplot, no GUI backend).
@@ -16,8 +21,9 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from harness.runstore import atomic_path
-from reports.collect import canon, require_column, runs_table, select_runs, sort_key, warn
-from reports.spec import Plot
+from reports.collect import (SETTING_COLUMNS, canon, describe_setting, require_column, runs_table, select_runs,
+                             sort_key, unit_ids, warn)
+from reports.spec import Plot, ReportError
 
 KNOWN_METHODS = [
     "np_edit", "dmd_only", "vlm_only", "np_edit_no_identity", "np_edit_ce",
@@ -37,12 +43,14 @@ def method_color(name: str) -> str:
 
 
 def plot_frame(plot: Plot, df: pd.DataFrame) -> pd.DataFrame:
-    """The points of a plot: columns x (canonical value), hue (canonical value), value (scaled), run_id."""
+    """The points of a plot: columns x (canonical value), hue (canonical value), value (scaled), run_id,
+    and the evaluation setting (canonical values) of each."""
     where = f"report plot {plot.name!r}"
+    df = df.assign(unit=unit_ids(df))
     runs = select_runs(runs_table(df), plot.where, where)
     require_column(runs, plot.hue, f"{where}: hue")
     sel = df[(df.benchmark == plot.benchmark) & (df.subset == plot.subset) & (df.metric == plot.metric)
-             & df.run_id.isin(runs.index)]
+             & df.unit.isin(runs.index)]
     if plot.x == "task":
         sel = sel[sel.task != "all"] if not plot.x_order else sel
         x = sel.task
@@ -51,7 +59,8 @@ def plot_frame(plot: Plot, df: pd.DataFrame) -> pd.DataFrame:
         sel = sel[sel.task == plot.task]
         x = sel[plot.x].map(canon)
     frame = pd.DataFrame({"x": x.astype(str), "hue": sel[plot.hue].map(canon).astype(str),
-                          "value": sel.value * plot.scale, "run_id": sel.run_id})
+                          "value": sel.value * plot.scale, "run_id": sel.run_id,
+                          **{k: sel[k].map(canon) for k in SETTING_COLUMNS if k in sel.columns}})
     if plot.x_order:
         frame = frame[frame.x.isin([canon(v) for v in plot.x_order])]
     if plot.hue_order:
@@ -60,7 +69,43 @@ def plot_frame(plot: Plot, df: pd.DataFrame) -> pd.DataFrame:
         have = sorted(df.loc[df.benchmark == plot.benchmark, "metric"].unique())
         warn(f"{where}: nothing to plot for {plot.benchmark}/{plot.subset}/{plot.metric} "
              f"(metrics of {plot.benchmark}: {', '.join(have) or 'none'})")
+    _check_settings(plot, frame, where)
     return frame.reset_index(drop=True)
+
+
+def _check_settings(plot: Plot, frame: pd.DataFrame, where: str) -> None:
+    """A point never averages two evaluation settings; points differ only in declared keys."""
+    keys = [k for k in SETTING_COLUMNS if k in frame.columns]
+    for (x, hue), point in frame.groupby(["x", "hue"]):
+        differ = [k for k in keys if point[k].nunique() > 1]
+        if differ:
+            k = differ[0]
+            raise ReportError(f"{where}: point x={x}, {plot.hue}={hue} averages results scored under different "
+                              f"evaluation settings ({k} = {', '.join(sorted(point[k].unique()))}); keep one with "
+                              f"`where: {{{k}: ...}}`")
+    declared = {plot.x, plot.hue, *plot.setting_varies}
+    for k in keys:
+        if k not in declared and frame[k].nunique() > 1:
+            detail = ", ".join(f"{v} ({', '.join(sorted(set(frame.hue[frame[k] == v])))})" for v in sorted(frame[k].unique()))
+            raise ReportError(f"{where}: points were scored under different evaluation settings: {k} = {detail}; "
+                              f"keep one with `where: {{{k}: ...}}`, or declare it: `setting_varies: [{k}]`, "
+                              f"`hue: {k}` or `x: {k}`")
+
+
+def figure_note(plot: Plot, frame: pd.DataFrame) -> str:
+    """'mean ± sd over 3 seeds; eval: few_step sampler, 4 steps, guidance 1, eval seed 0' (what is the same
+    for every point)."""
+    if frame.empty:
+        return ""
+    parts = []
+    ns = sorted(set(frame.groupby(["x", "hue"]).size()))
+    if ns[-1] > 1:
+        parts.append(f"mean ± sd over {ns[0] if len(ns) == 1 else f'{ns[0]}-{ns[-1]}'} seeds")
+    shared = {k: frame[k].iloc[0] for k in SETTING_COLUMNS if k in frame.columns and frame[k].nunique() == 1}
+    setting = describe_setting(shared)
+    if setting:
+        parts.append(f"eval: {setting}")
+    return "; ".join(parts)
 
 
 def draw_plot(plot: Plot, df: pd.DataFrame) -> Figure:
@@ -105,6 +150,9 @@ def draw_plot(plot: Plot, df: pd.DataFrame) -> Figure:
             ax.set_xscale("log")
         ax.set_xticks(ticks, [x_labels.get(x, x) for x in x_order])
         ax.minorticks_off()
+    note = figure_note(plot, frame)
+    if note:
+        fig.supxlabel(note, fontsize="x-small", color="0.35")
     ax.set_xlabel(plot.xlabel if plot.xlabel else ("" if plot.x == "task" else plot.x))
     ax.set_ylabel(plot.ylabel or plot.metric)
     if plot.title:
@@ -129,4 +177,4 @@ def write_plot(plot: Plot, df: pd.DataFrame, out_dir: str | Path, dpi: int = 200
     return paths
 
 
-__all__ = ["KNOWN_METHODS", "METHOD_COLORS", "draw_plot", "method_color", "plot_frame", "write_plot"]
+__all__ = ["KNOWN_METHODS", "METHOD_COLORS", "draw_plot", "figure_note", "method_color", "plot_frame", "write_plot"]

@@ -1,7 +1,8 @@
 """The report spec: which tables and figures a sweep's results turn into.
 
 It lives under the `report:` key of a sweep YAML (or any YAML passed with `--spec`). Every text is
-plain text and is escaped for LaTeX, unless a table sets `raw_latex: true`. Example:
+plain text and is escaped for LaTeX, unless a table sets `raw_latex: true`. Each table is written as
+LaTeX (<name>.tex) and GitHub markdown (<name>.md). Example:
 
     report:
       precision: 2                      # decimals in tables
@@ -17,6 +18,10 @@ plain text and is escaped for LaTeX, unless a table sets `raw_latex: true`. Exam
               benchmark: shapes_edit
               metrics: [SC, PQ, O]
               labels: {SC: SC Score, PQ: PQ Score, O: Overall}
+          # show_std: true              # default: 'mean ± std' wherever a row has several runs (seeds); false: means
+          # separation: se              # bold/underline only where separated by the combined standard error; 'rank': by value
+          # info: {eval.steps: '#Step'} # the evaluation setting may differ between rows: shown as a column ...
+          # setting_varies: [eval.sampler]   # ... or in a note under the table
       plots:
         - name: per_type
           kind: bar
@@ -26,8 +31,18 @@ plain text and is escaped for LaTeX, unless a table sets `raw_latex: true`. Exam
           hue: method.name
 
 Config columns are the run config's dotted keys (`method.name`, `data.fraction`, `model.critic.size`,
-`seed`, `name`, ...). Values in `row_order`, `row_labels`, `where`, `x_order`, ... match config values
-by their text, numbers by value (`1` matches `1.0`).
+`seed`, `name`, ...) and the evaluation setting each result was scored under (`eval.sampler`,
+`eval.steps`, `eval.guidance`, `eval.seed`, `eval.benchmark_config`; see reports.collect). Values in
+`row_order`, `row_labels`, `where`, `x_order`, ... match config values by their text, numbers by value
+(`1` matches `1.0`).
+
+One evaluation setting per table: rows scored under different settings are refused (ReportError
+naming the rows and keys) unless the table says how they differ: a setting key that is the `rows`
+column, an `info` column (the paper's Table 1 `#Step`), or listed in `setting_varies` (a note under
+the table, a marker on each row). `where: {eval.guidance: 1}` picks one setting of runs scored under
+several. The setting is stated in the caption. The runs of one row (seeds) are averaged: mean, std
+(ddof 1) and n; the caption says over how many seeds (a column `n` when rows differ) and which rule
+set the bold / underlined marks (`separation`).
 """
 from __future__ import annotations
 
@@ -37,6 +52,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.config import ConfigError, from_dict, read_yaml
+
+SETTING_KEYS = ("eval.sampler", "eval.steps", "eval.guidance", "eval.seed", "eval.benchmark_config")  # reports.collect
 
 
 class ReportError(ValueError):
@@ -62,6 +79,13 @@ def _check_name(kind: str, name: str) -> None:
         raise ValueError(f"every {kind} needs a 'name' (it names the output files)")
     if not _NAME.match(name):
         raise ValueError(f"{kind} name {name!r}: use letters, digits, '_', '-' and '.' (it names files)")
+
+
+def _check_setting_keys(where: str, keys: list[str]) -> None:
+    bad = [k for k in keys if k not in SETTING_KEYS]
+    if bad:
+        raise ValueError(f"{where}: setting_varies: {', '.join(map(repr, bad))} is not an evaluation-setting key; "
+                         f"allowed: {', '.join(SETTING_KEYS)}")
 
 
 @dataclass
@@ -128,13 +152,22 @@ class Table:
     columns: list[Columns] = field(default_factory=list)
     scale: float = 1.0  # multiply every value (the paper's tables are x10)
     precision: int | None = None  # default: the report's
-    show_std: bool = False  # append +- the std over the runs of a row (when it has several)
+    # 'mean ± std' over the runs of a row (seeds) where it has several; null (default) and true: so; false: the mean only.
+    show_std: bool | None = None
     # Where best (bold) and second (underlined) are chosen: among all rows, within each row group, or nowhere.
     rank: Literal["table", "group", "none"] = "table"
+    # How: 'se' = only where separated: the row's mean beats every row below it by more than their combined
+    # standard error sqrt(se1^2 + se2^2), se = std / sqrt(n) (a column whose rows do not all have 2+ runs
+    # falls back to 'rank'); 'rank' = by the printed value alone (ties share a mark).
+    separation: Literal["se", "rank"] = "se"
+    # Evaluation-setting keys allowed to differ between rows (besides `rows` and `info` keys): each row's
+    # values are given in a note under the table, e.g. [eval.sampler, eval.steps].
+    setting_varies: list[str] = field(default_factory=list)
     raw_latex: bool = False  # captions and labels are LaTeX, written unescaped
 
     def validate(self) -> None:
         _check_name("table", self.name)
+        _check_setting_keys(f"table {self.name!r}", self.setting_varies)
         if not self.columns:
             raise ValueError(f"table {self.name!r}: 'columns' is required")
         if self.row_groups and self.row_order:
@@ -186,9 +219,12 @@ class Plot:
     xlabel: str = ""
     ylabel: str = ""  # default: the metric
     figsize: list[float] = field(default_factory=lambda: [6.4, 3.2])
+    # Evaluation-setting keys allowed to differ between the plot's points (besides x and hue); see Table.
+    setting_varies: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         _check_name("plot", self.name)
+        _check_setting_keys(f"plot {self.name!r}", self.setting_varies)
         if not self.benchmark or not self.metric:
             raise ValueError(f"plot {self.name!r}: 'benchmark' and 'metric' are required")
         if len(self.figsize) != 2 or min(self.figsize) <= 0:
