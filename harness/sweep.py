@@ -55,6 +55,8 @@ class SweepConfig:
     description: str = ""
     # Training seeds: every run of grid x zip x runs is expanded once per seed (sets the run's `seed`).
     seeds: list[int] = field(default_factory=list)
+    # How the runs' hyperparameters were chosen (`harness.tune --emit` writes it): the report names it.
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.name:
@@ -421,10 +423,12 @@ def build_report(sweep: Sweep, out=sys.stdout) -> list[Path]:
     if not sweep.cfg.report:
         return []
     from reports.build import NoResultsError, build_report as _build
+    from reports.spec import ReportError
 
+    spec = {**sweep.cfg.report, **({"tuning": sweep.cfg.tuning} if sweep.cfg.tuning else {})}
     try:
-        paths = _build(sweep.root, spec=sweep.cfg.report)
-    except NoResultsError as e:
+        paths = _build(sweep.root, spec=spec)
+    except (NoResultsError, ReportError) as e:
         print(f"report: {e}", file=out)
         return []
     for p in paths:

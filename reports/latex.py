@@ -28,7 +28,7 @@ import pandas as pd
 
 from reports.collect import (KEY_NAMES, SETTING_COLUMNS, canon, describe_setting, require_column, runs_table,
                              select_runs, sort_key, unit_ids, warn)
-from reports.spec import Columns, ReportError, ReportSpec, Table
+from reports.spec import Columns, ReportError, ReportSpec, Table, tuning_sentence
 
 _SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -78,6 +78,7 @@ class TableData:
     rules: set[str] = field(default_factory=set)  # mark rules applied: 'se', 'rank', 'fallback' (rank for single runs)
     show_std: bool = True
     show_n: bool = False  # rows differ in n: a column n
+    tuning: str = ""  # plain-text sentence: the tuning budget of the rows (the sweep's tuning record)
 
 
 def _columns(table: Table, spec: ReportSpec) -> list[Column]:
@@ -156,7 +157,7 @@ def table_data(table: Table, spec: ReportSpec, df: pd.DataFrame) -> TableData:
     marks, rules = _marks(table, columns, rows, precision)
     ns = {n for r in rows for n in r.n if n > 0}
     return TableData(columns, rows, marks, precision, setting, notes, rules, show_std=table.show_std is not False,
-                     show_n=len(ns) > 1)
+                     show_n=len(ns) > 1, tuning=tuning_sentence(spec.tuning))
 
 
 def _check_mixed(runs: pd.DataFrame, rows_key: str, key: str, where: str) -> None:
@@ -385,7 +386,7 @@ def _auto_caption(data: TableData, fmt: str) -> list[str]:
     LaTeX-escaped for fmt 'latex')."""
     tx = escape if fmt == "latex" else _md_escape
     pm = r"$\pm$" if fmt == "latex" else "±"
-    return [t for t in (tx(data.setting), _seeds_text(data, pm), _rule_text(data.rules, fmt)) if t]
+    return [t for t in (tx(data.setting), _seeds_text(data, pm), tx(data.tuning), _rule_text(data.rules, fmt)) if t]
 
 
 def _cell(row: Row, j: int, mark: str | None, precision: int, show_std: bool, fmt: str = "latex") -> str:

@@ -239,6 +239,8 @@ class ReportSpec:
     higher_is_better: dict[str, bool] = field(default_factory=dict)  # merged onto DEFAULT_HIGHER_IS_BETTER
     tables: list[Table] = field(default_factory=list)
     plots: list[Plot] = field(default_factory=list)
+    # The sweep's `tuning:` record (written by `harness.tune --emit`): every table's caption names the budget.
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not 0 <= self.precision <= 10:
@@ -252,6 +254,17 @@ class ReportSpec:
     def higher(self, metric: str) -> bool | None:
         """True if higher is better, False if lower is, None if unknown (no arrow, no marks)."""
         return {**DEFAULT_HIGHER_IS_BETTER, **self.higher_is_better}.get(metric)
+
+
+def tuning_sentence(tuning: dict[str, Any]) -> str:
+    """The caption's sentence for a sweep's `tuning:` record (plain text)."""
+    if not tuning:
+        return ""
+    trials = tuning.get("trials_per_variant")
+    budget = f"with {trials} trials each" if trials else "each"
+    where = f" on {tuning['objective']}" if tuning.get("objective") else ""
+    src = f" ({tuning['file']})" if tuning.get("file") else ""
+    return f"Every row's hyperparameters tuned {budget}{where}{src}."
 
 
 def spec_from_dict(data: Any, source: str = "<report>") -> ReportSpec:
@@ -269,4 +282,7 @@ def load_spec(path: str | Path, *, required: bool = True) -> ReportSpec | None:
         if required:
             raise ConfigError(f"{path}: no 'report' key; top-level keys: {', '.join(map(str, data)) or '(none)'}")
         return None
-    return spec_from_dict(data["report"], source=f"{path}, section 'report'")
+    report = data["report"] or {}
+    if data.get("tuning") and isinstance(report, dict) and "tuning" not in report:
+        report = {**report, "tuning": data["tuning"]}  # a sweep file's tuning record
+    return spec_from_dict(report, source=f"{path}, section 'report'")

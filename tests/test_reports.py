@@ -615,3 +615,21 @@ def test_build_report_takes_the_sweeps_report_mapping(ablation: Path, tmp_path: 
     assert tmp_path / "r" / "loss_ablation.tex" in paths
     with pytest.raises(ConfigError, match=r"section 'report': key 'tables\[0\].rowz': unknown key"):
         build_report(ablation, spec={"tables": [{**TABLE, "rowz": "seed"}]}, out=tmp_path / "r")
+
+
+def test_a_sweeps_tuning_record_is_named_in_every_caption(tmp_path: Path) -> None:
+    """The `tuning:` record that `harness.tune --emit` writes into a sweep file reaches the report."""
+    from reports.build import build_report
+
+    root = seeds_of(tmp_path / "s", {"np_edit": [1.0, 1.5, 2.3]})
+    table = {"name": "t", "columns": [{"benchmark": "shapes_edit", "metrics": ["O"]}]}
+    (root / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "s", "report": {"tables": [table]},
+        "tuning": {"file": "sweeps/toy/tune_x.yaml", "trials_per_variant": 8, "objective": "shapes_edit/val O (maximize)"}}))
+    build_report(root)
+    sentence = "Every row's hyperparameters tuned with 8 trials each on shapes_edit/val O (maximize) (sweeps/toy/tune_x.yaml)."
+    assert sentence.replace("_", r"\_") in (root / "report" / "t.tex").read_text()
+    assert sentence.replace("_", r"\_") in (root / "report" / "t.md").read_text()
+    (root / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "report": {"tables": [table]}}))
+    build_report(root)
+    assert "tuned" not in (root / "report" / "t.tex").read_text()
