@@ -130,8 +130,9 @@ def test_client_errors_fail_the_request_without_retry_and_auth_errors_stop_the_r
 
 def test_missing_key_names_the_variable(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    judge = OpenAIJudge(OpenAIJudgeConfig(api_key_env="NO_SUCH_KEY_VAR"))  # needed only for a request
     with pytest.raises(JudgeFatalError, match="NO_SUCH_KEY_VAR"):
-        OpenAIJudge(OpenAIJudgeConfig(api_key_env="NO_SUCH_KEY_VAR"))
+        judge.complete(REQ)
     judge = OpenAIJudge(OpenAIJudgeConfig(api_key_env=""))  # a local server without auth
     assert SECRET not in repr(judge)
 

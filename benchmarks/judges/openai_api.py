@@ -95,15 +95,14 @@ class OpenAIJudge:
         self.model = cfg.model
         self.concurrency = cfg.concurrency
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self._key: str | None = None
-        if cfg.api_key_env:
-            key = os.environ.get(cfg.api_key_env, "")
-            if not key:
-                raise JudgeFatalError(
-                    f"judge.api_key_env: environment variable {cfg.api_key_env} is not set "
-                    f"(it must hold the API key for {cfg.base_url}; set api_key_env: '' for a server without auth)"
-                )
-            self._key = key
+        # The key is needed only for a request: an evaluation answered from the cache runs without it.
+        self._key: str | None = (os.environ.get(cfg.api_key_env) or None) if cfg.api_key_env else None
+
+    def _require_key(self) -> None:
+        if self.cfg.api_key_env and not self._key:
+            raise JudgeFatalError(
+                f"judge.api_key_env: environment variable {self.cfg.api_key_env} is not set "
+                f"(it must hold the API key for {self.cfg.base_url}; set api_key_env: '' for a server without auth)")
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIJudge(model={self.model!r}, url={self.url!r})"
@@ -148,6 +147,7 @@ class OpenAIJudge:
             return resp.read()
 
     def complete(self, request: JudgeRequest, pass_index: int = 0) -> JudgeReply:
+        self._require_key()
         data = json.dumps(self.payload(request, pass_index)).encode("utf-8")
         last = "no attempt"
         for attempt in range(self.cfg.max_retries + 1):
@@ -182,6 +182,7 @@ class OpenAIJudge:
         endpoint answers, that it takes the key and that it serves the model. Transient failures (429,
         5xx, a dropped connection, a malformed body) are tried PREFLIGHT_TRIES times. Returns the number
         of HTTP requests; raises JudgeFatalError with one line naming the key to fix."""
+        self._require_key()
         body = {"model": self.cfg.model, "temperature": 0.0, "max_tokens": 1,
                 "messages": [{"role": "user", "content": [{"type": "text", "text": "Reply with the word OK."}]}]}
         data = json.dumps(body).encode("utf-8")
