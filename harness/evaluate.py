@@ -232,9 +232,40 @@ def print_results(results: list[BenchmarkResult]) -> None:
         print(f"  {line}", file=sys.stderr)
 
 
+def before_generation(args: argparse.Namespace, cfg: Any, rd: RunDir, bcfg: Any) -> bool:
+    """--run: print the resolved benchmark for --dry-run (True: stop there); otherwise check the judge
+    with one cheap request when outputs are still to be generated (before any GPU time)."""
+    if not args.dry_run and getattr(bcfg, "judge", None) is None:
+        return False
+    bench = BENCHMARKS.get(bcfg.name).build(bcfg)
+    out = rd.eval_dir / benchmark_dirname(bcfg, bench, cfg.eval.seed)
+    if args.dry_run:
+        print(describe(bcfg, {"run": str(rd.path), "outputs": str(out)}), end="")
+        return True
+    if generation_pending(bench, out):
+        preflight_judges([bcfg])
+    return False
+
+
+def judge_errors_exit_2(main: Any) -> Any:
+    """A judge that cannot work (no key, key refused, unknown model, unreachable) ends the command with
+    its one-line message and exit status 2, wherever it shows (preflight or the first request)."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        from benchmarks.judges.base import JudgeFatalError
+
+        try:
+            return main(argv)
+        except JudgeFatalError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
 def _main_outputs(args: argparse.Namespace) -> int:
     from benchmarks.common import BenchmarkDataError
-    from benchmarks.judges.base import JudgeFatalError
 
     outputs = Path(args.outputs)
     out = Path(args.out) if args.out else default_out(outputs)
@@ -251,7 +282,7 @@ def _main_outputs(args: argparse.Namespace) -> int:
         return 2
     try:
         results = score_outputs(bcfg, outputs, out, progress=sys.stderr.isatty())
-    except (JudgeFatalError, FileNotFoundError, BenchmarkDataError, C.ConfigError) as e:
+    except (FileNotFoundError, BenchmarkDataError, C.ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_results(results)
@@ -259,6 +290,7 @@ def _main_outputs(args: argparse.Namespace) -> int:
     return 0
 
 
+@judge_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -277,7 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         p.error("--out goes with --outputs (a run's results go into the run folder)")
 
-    from benchmarks.judges.base import JudgeFatalError
     from harness.edit import load_editor
     from harness.train import load_run
 
@@ -292,24 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     except (C.ConfigError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.dry_run or getattr(bcfg, "judge", None) is not None:
-        bench = BENCHMARKS.get(bcfg.name).build(bcfg)
-        out = rd.eval_dir / benchmark_dirname(bcfg, bench, cfg.eval.seed)
-        if args.dry_run:
-            print(describe(bcfg, {"run": str(rd.path), "outputs": str(out)}), end="")
-            return 0
-        try:  # before any GPU time: the judge must work if outputs are still to be made
-            if generation_pending(bench, out):
-                preflight_judges([bcfg])
-        except JudgeFatalError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    if before_generation(args, cfg, rd, bcfg):
+        return 0  # --dry-run
     editor = load_editor(rd.path, device=args.device)
-    try:
-        results = evaluate_editor(editor, cfg, rd, progress=sys.stderr.isatty(), benchmarks=[bcfg])
-    except JudgeFatalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    results = evaluate_editor(editor, cfg, rd, progress=sys.stderr.isatty(), benchmarks=[bcfg])
     merge_results(rd, results)
     for r in results:
         vals = "  ".join(f"{k}={v:.3f}" for k, v in r.metrics.items())

@@ -206,6 +206,10 @@ def test_run_mode_preflights_before_generation_and_a_rerun_makes_no_call(tmp_pat
     with ChatServer(responder, key=SECRET, models={"gpt-4o"}) as server:
         common = ["--run", str(rd), "--benchmark", "imgedit", f"path={imgedit['path']}", f"prompts={imgedit['prompts']}",
                   f"judge.base_url={server.base_url}", "judge.parse_retries=0", "judge.max_retries=0"]
+        assert main([*common, "judge.model=gpt-4.1", "--dry-run"]) == 0
+        shown = capsys.readouterr().out
+        assert shown.startswith("# benchmark imgedit, judge openai_api gpt-4.1\n") and f"# run: {rd}" in shown
+        assert yaml.safe_load(shown)["judge"]["image_format"] == "png" and not server.requests and editors == []
         assert main([*common, "judge.api_key_env=CLI_UNSET_KEY"]) == 2  # no key: stopped before loading the editor
         assert editors == [] and not (rd / "eval").exists() and server.requests == []
         assert "CLI_UNSET_KEY is not set" in capsys.readouterr().err
