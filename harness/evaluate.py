@@ -184,6 +184,10 @@ def default_out(outputs: Path) -> Path:
 def score_outputs(bcfg: Any, outputs: Path, out: Path, *, progress: bool = False) -> list[BenchmarkResult]:
     """Score the edits in `outputs` (the benchmark's public layout, any model's); judge cache, per-sample
     rows and result.json in `out`. Nothing is written into `outputs`."""
+    previous = out / "result.json"
+    if previous.is_file() and json.loads(previous.read_text()).get("outputs") != str(outputs.resolve()):
+        raise C.ConfigError(f"--out {out}: holds the results of another outputs folder "
+                            f"({json.loads(previous.read_text()).get('outputs')}); give another --out")
     bench = BENCHMARKS.get(bcfg.name).build(bcfg)
     if not hasattr(bench, "score_folder"):
         raise C.ConfigError(f"--outputs: benchmark {bcfg.name!r} cannot score a folder of outputs; use --run")

@@ -86,7 +86,7 @@ def test_outputs_folder_is_scored_as_the_official_scripts_and_a_rerun_makes_no_c
     assert not any(SECRET in p.read_text(errors="ignore") for p in out_dir.rglob("*") if p.is_file())
 
 
-def test_results_go_to_out_and_other_benchmarks_results_are_kept(tmp_path, imgedit):
+def test_results_go_to_out_and_other_benchmarks_results_are_kept(tmp_path, imgedit, capsys):
     folder = edits_folder(tmp_path)
     out = tmp_path / "scores"
     with ChatServer(responder) as server:
@@ -96,6 +96,10 @@ def test_results_go_to_out_and_other_benchmarks_results_are_kept(tmp_path, imged
         assert main([*common, "scorer=viescore"]) == 0  # (the replies are not VIEScore's: all counted failed)
     subsets = [r["subset"] for r in json.loads((out / "result.json").read_text())["results"]]
     assert subsets == ["basic", "basic_viescore"] and not (tmp_path / "flux-kontext_eval").exists()
+    other = tmp_path / "qwen-image-edit"
+    other.mkdir()
+    assert main(["--outputs", str(other), "--out", str(out), "--benchmark", "imgedit", f"path={imgedit['path']}"]) == 2
+    assert "holds the results of another outputs folder" in capsys.readouterr().err
 
 
 def test_a_folder_without_any_output_is_an_error_naming_what_was_expected(tmp_path, imgedit, capsys):
