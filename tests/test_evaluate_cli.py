@@ -129,7 +129,8 @@ def test_a_judge_that_cannot_work_is_one_line_and_exit_2(tmp_path, imgedit, monk
         model = "gpt-4o-typo" if problem == "unknown model" else "gpt-4o"
         rc = main(["--outputs", str(folder), "--benchmark", "imgedit", f"path={imgedit['path']}", f"judge.base_url={url}",
                    f"judge.api_key_env={key_env}", f"judge.model={model}", "judge.backoff_s=0.01"])
-        assert not server.judged  # nothing was judged: the preflight stopped it
+        assert not server.judged  # nothing was judged: the preflight stopped it, once for all 8 workers
+        assert server.preflights == (1 if problem in ("wrong key", "unknown model") else 0)
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert re.search(expected, err), err

@@ -203,6 +203,7 @@ class JudgeRunner:
         self._secrets = tuple(judge.secrets()) if hasattr(judge, "secrets") else ()
         self._preflight_lock = threading.Lock()
         self._preflight_done = not (preflight and hasattr(judge, "preflight"))
+        self._preflight_error: str | None = None  # a failed preflight is not tried again by the other workers
 
     def _count(self, **kw: int) -> None:
         with self._lock:
@@ -219,10 +220,13 @@ class JudgeRunner:
         with self._preflight_lock:
             if self._preflight_done:
                 return
+            if self._preflight_error is not None:
+                raise JudgeFatalError(self._preflight_error)
             try:
                 n = self.judge.preflight()  # type: ignore[attr-defined]
             except JudgeFatalError as e:
-                raise JudgeFatalError(self._scrub(str(e))) from None
+                self._preflight_error = self._scrub(str(e))
+                raise JudgeFatalError(self._preflight_error) from None
             self._count(calls=n, preflight_calls=n)
             self._preflight_done = True
 
