@@ -225,6 +225,36 @@ def completeness(counts: dict[str, dict[str, int]]) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# An outputs folder: which expected files are missing, which files are not expected
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+NAMED = 50  # how many missing / extra files results name (all are counted)
+
+
+def extra_outputs(folder: Path, expected: Iterable[Path], patterns: Sequence[str],
+                  ignore_suffixes: Sequence[str] = ()) -> list[str]:
+    """Image files under `folder` matching the glob `patterns` that are not expected outputs (e.g. a
+    `10.jpg` where `10.png` was expected, a key the benchmark does not have): paths relative to
+    `folder`, sorted. Files ending in `ignore_suffixes` (e.g. GEdit's `_SRCIMG.png`) are ours."""
+    folder = Path(folder)
+    want = {Path(p).absolute() for p in expected}
+    found = set()
+    for pattern in patterns:
+        for f in folder.glob(pattern):
+            if (f.suffix.lower() in IMAGE_SUFFIXES and not f.name.endswith(tuple(ignore_suffixes))
+                    and f.absolute() not in want and f.is_file()):
+                found.add(f.relative_to(folder).as_posix())
+    return sorted(found)
+
+
+def outputs_meta(folder: Path, expected: dict[str, Path], extra: list[str]) -> dict[str, Any]:
+    """What results say about the outputs folder: where it is, the missing files and the extra ones
+    (counted; the first NAMED named)."""
+    missing = [p.relative_to(folder).as_posix() for p in expected.values() if not p.exists()]
+    return {"outputs": str(folder), "missing_outputs": missing[:NAMED], "extra": len(extra), "extra_outputs": extra[:NAMED]}
+
+
 def aggregate_result(benchmark: str, subset: str, scores: list[SampleScore], meta: dict[str, Any],
                      canonical: Sequence[str], metrics: Sequence[str]) -> BenchmarkResult:
     """Per-task means and counts, reported metrics = unweighted means over tasks."""

@@ -34,10 +34,10 @@ from PIL import Image
 
 from benchmarks.base import BenchmarkResult, Sample
 from benchmarks.common import (
-    FAILED, MISSING, SCORED, BenchmarkDataError, Job, SampleScore, completeness, counts_by_task, load_rgb,
-    means_by_task, micro_mean, ordered_tasks, run_jobs, utc_now, write_jsonl,
+    FAILED, MISSING, SCORED, BenchmarkDataError, Job, SampleScore, completeness, counts_by_task, extra_outputs,
+    load_rgb, means_by_task, micro_mean, ordered_tasks, outputs_meta, run_jobs, utc_now, write_jsonl,
 )
-from benchmarks.judges.base import build_runner, judge_meta
+from benchmarks.judges.base import build_runner, judge_meta, prompts_version
 from benchmarks.judges.prompts import viescore_prompts
 from benchmarks.judges.viescore import VIEItem, score_items
 from benchmarks.metrics.clip import ClipConfig
@@ -222,7 +222,16 @@ class DreamBoothBenchmark:
         return self._samples
 
     def output_path(self, out_dir: Path, model_name: str, sample: Sample) -> Path:
-        return Path(out_dir) / model_name / f"{sample.id}.png"
+        return self.outputs_folder(out_dir, model_name) / f"{sample.id}.png"
+
+    # ---- the outputs folder: {subject}/{prompt_index:02d}_{k}.png
+
+    @staticmethod
+    def outputs_folder(out_dir: Path, model_name: str) -> Path:
+        return Path(out_dir) / model_name
+
+    def expected_outputs(self, folder: Path) -> dict[str, Path]:
+        return {s.id: Path(folder) / f"{s.id}.png" for s in self.samples()}
 
     def generate(self, editor: Editor, out_dir: Path, *, model_name: str = "model", batch_size: int = 8,
                  shard: tuple[int, int] = (0, 1), progress: bool = True, seed: int = 0) -> None:
@@ -233,9 +242,16 @@ class DreamBoothBenchmark:
     # ---- scoring
 
     def score(self, out_dir: Path, *, model_name: str = "model", progress: bool = True) -> list[BenchmarkResult]:
-        out_dir = Path(out_dir)
+        """Score a run's outputs (judge cache in out_dir/.judge_cache, per-sample rows beside the outputs)."""
+        folder = self.outputs_folder(out_dir, model_name)
+        return self.score_folder(folder, cache_dir=Path(out_dir) / ".judge_cache", report_dir=folder,
+                                 model_name=model_name, progress=progress)
+
+    def score_folder(self, folder: Path, *, cache_dir: Path, report_dir: Path, model_name: str = "model",
+                     progress: bool = True) -> list[BenchmarkResult]:
+        folder, report_dir = Path(folder), Path(report_dir)
         samples = self.samples()
-        outs = {s.id: self.output_path(out_dir, model_name, s) for s in samples}
+        outs = self.expected_outputs(folder)
         present = [s for s in samples if outs[s.id].exists()]
         values: dict[str, dict[str, float]] = {s.id: {} for s in present}
         errors: dict[str, str] = {}
@@ -243,26 +259,28 @@ class DreamBoothBenchmark:
 
         if "viescore" in self.cfg.metrics:
             prompts = viescore_prompts("sdig", self.cfg.prompts or None)
-            runner = build_runner(self.cfg.judge, out_dir / ".judge_cache")
+            runner = build_runner(self.cfg.judge, cache_dir)
             items = [VIEItem(s.id, s.meta["prompt"], partial(self._pair, s, outs[s.id])) for s in present]
             for o in score_items(runner, prompts, items, progress=progress, desc="DreamBooth VIEScore"):
                 if o.scores is None:
                     errors[o.id] = o.error or "judge failed"
                 else:
                     values[o.id].update(o.scores)
-            meta.update(prompts=prompts.source, prompts_path=prompts.path, **judge_meta(runner))
+            meta.update(prompts=prompts.source, prompts_path=prompts.path,
+                        prompts_version=prompts_version(prompts.sc, prompts.pq), **judge_meta(runner))
         meta.update(self._embedding_metrics(present, outs, values))
 
         scores = []
         for s in samples:
             extra = {"live": s.meta["live"], "prompt": s.meta["prompt"]}
             if s.id not in values:
+                extra["expected"] = outs[s.id].relative_to(folder).as_posix()
                 scores.append(SampleScore(s.id, s.task, MISSING, extra=extra))
             elif s.id in errors:
                 scores.append(SampleScore(s.id, s.task, FAILED, values[s.id], error=errors[s.id], extra=extra))
             else:
                 scores.append(SampleScore(s.id, s.task, SCORED, values[s.id], extra=extra))
-        write_jsonl(out_dir / model_name / "dreambooth_samples.jsonl", (x.to_row() for x in scores))
+        write_jsonl(report_dir / "dreambooth_samples.jsonl", (x.to_row() for x in scores))
 
         metric_names = [m for m in ("SC", "PQ", "Overall", "DINO", "CLIP-I", "CLIP-T")
                         if any(m in x.values for x in scores)]
@@ -282,6 +300,7 @@ class DreamBoothBenchmark:
                            "DINO/CLIP-I: mean cosine to the subject's real images; CLIP-T: cosine to the "
                            "class-noun prompt; missing outputs and failed judge replies counted",
             "not_implemented": ["MDINO", "TIFA"],
+            **outputs_meta(folder, outs, extra_outputs(folder, outs.values(), ["*", "*/*"])),
             **completeness(counts),
         })
         return [BenchmarkResult(

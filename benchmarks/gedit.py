@@ -5,7 +5,8 @@ Data: the HF dataset `stepfun-ai/GEdit-Bench` from a local path: a folder saved 
 Columns: task_type, key, instruction, instruction_language (en|cn), input_image,
 input_image_raw, Intersection_exist. 606 English samples in 11 task types.
 
-Outputs: `{out}/{model}/fullset/{task_type}/{en|cn}/{key}.png` (the public layout), plus
+Outputs: `{out}/{model}/fullset/{task_type}/{en|cn}/{key}.png` (the public layout; `{out}/{model}` is
+the folder `harness.evaluate --outputs` takes), plus
 `{key}_SRCIMG.png` (the judge's source image, as the official example writes it) so the same
 folder can be scored by the official scripts too.
 
@@ -29,10 +30,10 @@ from PIL import Image
 
 from benchmarks.base import BenchmarkResult, Sample
 from benchmarks.common import (
-    FAILED, MISSING, SCORED, BenchmarkDataError, Job, SampleScore, aggregate_result, atomic_save_png, load_rgb,
-    run_jobs, shard_chunks, utc_now, write_jsonl,
+    FAILED, MISSING, SCORED, BenchmarkDataError, Job, SampleScore, aggregate_result, atomic_save_png, extra_outputs,
+    load_rgb, outputs_meta, run_jobs, shard_chunks, utc_now, write_jsonl,
 )
-from benchmarks.judges.base import build_runner, judge_meta
+from benchmarks.judges.base import build_runner, judge_meta, prompts_version
 from benchmarks.judges.prompts import viescore_prompts
 from benchmarks.judges.viescore import VIEItem, resize_to, score_items
 from harness.config import nohash, poly
@@ -169,7 +170,19 @@ class GEditBenchmark:
         return self._image(sample, "input_image")
 
     def output_path(self, out_dir: Path, model_name: str, sample: Sample, suffix: str = "") -> Path:
-        return Path(out_dir) / model_name / "fullset" / sample.task / self.cfg.language / f"{sample.meta['key']}{suffix}.png"
+        return self.output_file(self.outputs_folder(out_dir, model_name), sample, suffix)
+
+    # ---- the outputs folder: the model's folder, holding fullset/{task_type}/{language}/{key}.png
+
+    @staticmethod
+    def outputs_folder(out_dir: Path, model_name: str) -> Path:
+        return Path(out_dir) / model_name
+
+    def output_file(self, folder: Path, sample: Sample, suffix: str = "") -> Path:
+        return Path(folder) / "fullset" / sample.task / self.cfg.language / f"{sample.meta['key']}{suffix}.png"
+
+    def expected_outputs(self, folder: Path) -> dict[str, Path]:
+        return {s.id: self.output_file(folder, s) for s in self.samples()}
 
     def generation_config(self) -> dict[str, Any]:
         """The settings that decide the generated files (not the judge's): a key for an output folder."""
@@ -205,11 +218,18 @@ class GEditBenchmark:
         return [src], resize_to(load_rgb(out), src.size)
 
     def score(self, out_dir: Path, *, model_name: str = "model", progress: bool = True) -> list[BenchmarkResult]:
-        out_dir = Path(out_dir)
+        """Score a run's outputs (judge cache in out_dir/.judge_cache, per-sample rows beside the outputs)."""
+        folder = self.outputs_folder(out_dir, model_name)
+        return self.score_folder(folder, cache_dir=Path(out_dir) / ".judge_cache", report_dir=folder,
+                                 model_name=model_name, progress=progress)
+
+    def score_folder(self, folder: Path, *, cache_dir: Path, report_dir: Path, model_name: str = "model",
+                     progress: bool = True) -> list[BenchmarkResult]:
+        folder, report_dir = Path(folder), Path(report_dir)
         samples = self.samples()
         prompts = viescore_prompts("tie", self.cfg.prompts or None)
-        runner = build_runner(self.cfg.judge, out_dir / ".judge_cache")
-        outs = {s.id: self.output_path(out_dir, model_name, s) for s in samples}
+        runner = build_runner(self.cfg.judge, cache_dir)
+        outs = self.expected_outputs(folder)
         present = [s for s in samples if outs[s.id].exists()]
         items = [VIEItem(s.id, s.instruction, partial(self._pair, s, outs[s.id])) for s in present]
         outcomes = {o.id: o for o in score_items(runner, prompts, items, progress=progress, desc="GEdit-Bench judge")}
@@ -219,13 +239,15 @@ class GEditBenchmark:
             extra = {"intersection": s.meta["intersection"]}
             o = outcomes.get(s.id)
             if o is None:
+                extra["expected"] = outs[s.id].relative_to(folder).as_posix()
                 scores.append(SampleScore(s.id, s.task, MISSING, extra=extra))
             elif o.scores is None:
                 scores.append(SampleScore(s.id, s.task, FAILED, error=o.error, extra=extra))
             else:
                 scores.append(SampleScore(s.id, s.task, SCORED, dict(o.scores), extra={**extra, "sub_scores": o.sub_scores}))
-        write_jsonl(out_dir / model_name / f"gedit_{self.cfg.language}_samples.jsonl", (x.to_row() for x in scores))
+        write_jsonl(report_dir / f"gedit_{self.cfg.language}_samples.jsonl", (x.to_row() for x in scores))
 
+        extra_files = extra_outputs(folder, outs.values(), [f"fullset/*/{self.cfg.language}/*"], ["_SRCIMG.png"])
         meta = {
             "language": self.cfg.language,
             "dataset": str(self.cfg.path),
@@ -233,11 +255,13 @@ class GEditBenchmark:
             "date": utc_now(),
             "prompts": prompts.source,
             "prompts_path": prompts.path,
+            "prompts_version": prompts_version(prompts.sc, prompts.pq),
             "limit": self.cfg.limit,
             "input_column": self.cfg.input_column,
             "matches_public_counts": self.matches_public_counts(),
             "aggregation": "per sample SC=min, PQ=min, O=sqrt(SC*PQ); per-task means; reported = unweighted "
                            "mean over tasks; missing outputs and failed judge replies are counted and excluded",
+            **outputs_meta(folder, outs, extra_files),
             **judge_meta(runner),
         }
         subsets = ["fullset", "intersection"] if self.cfg.subset == "fullset" else ["intersection"]

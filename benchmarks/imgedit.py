@@ -1,24 +1,26 @@
 """ImgEdit-Bench (PKU-YuanGroup/ImgEdit): the Basic suite and the UGE suite.
 
 Basic. `basic_edit.json`: {key: {"id": "<folder>/<file>.jpg", "prompt": str, "edit_type": str}}
-(737 items, 9 edit types), images under an image root (`id` is relative to it). Outputs:
-`{out}/{model}/{key}.png` (the folder the official script reads). Scored two ways:
+(737 items, 9 edit types), images under an image root (`id` is relative to it). Outputs: a folder
+of `{key}.png` (the folder the official basic_bench.py reads; in a run `{out}/{model}/`). Scored two ways:
   - scorer `imgedit` (the paper's Table 5): the official GPT protocol, one prompt per edit type from
     `prompts.json` with `<edit_prompt>` filled, images [original, edited]; the judge rates three
-    criteria 1-5 as `Name: <int>` lines. Per sample: the mean of the three, rounded to 2 decimals
-    (as step1_get_avgscore.py does); per type: the mean; Score: the unweighted mean of the type means.
+    criteria 1-5 as `Name: <int>` lines. Scores follow the official scripts exactly (the rules below,
+    each marked with its file): per sample step 1, per type step 2; Score: the unweighted mean of the
+    per-type scores (the paper's "Overall"; the official scripts stop at the per-type scores).
   - scorer `viescore` (Table 6): VIEScore "tie", aggregated as GEdit-Bench (per-type means, unweighted
     mean over types), the edited image resized to the original's size.
 
 UGE (Understanding-Grounding-Editing). `UGE_edit.json`: {key: {"id": "<file>.jpg", "prompt": str}}
-(47 items, no edit type), images flat under the image root. Outputs: `{out}/{model}/uge/{key}.png`
-(a folder of its own: UGE keys 1..47 would clash with Basic keys). The judge prompt is the string
-`prompt` inside the official `UGE_bench.py`; the reply holds one `Score: <int>` (1-5), which may share
-its line with the reasoning (the official parser then finds nothing and drops the sample; we parse
-it). Score: the mean over samples.
+(47 items, no edit type), images flat under the image root. Outputs: a folder of `{key}.png` (in a
+run `{out}/{model}/uge/`: UGE keys 1..47 would clash with Basic keys). The judge prompt is the string
+`prompt` inside the official `UGE_bench.py`. Scores follow the official get_average_score.py: its
+per-reply rule is step 1's (so a `Score: 2` that shares its line with the reasoning counts nothing and
+the sample is dropped, as there), and the Score is the mean over samples rounded to 2 decimals.
 
-Unusable replies and missing outputs are counted per type and left out of the means (the official
-scripts drop them silently).
+Where the official scripts drop a sample silently (no output file, no usable reply, a failed call),
+we count it per type (`counts`, `meta.complete`) and leave it out of the means, as they do. With
+`judge.passes: N` (not an official option) a sample's step-1 value is the mean of its N replies' values.
 """
 from __future__ import annotations
 
@@ -31,10 +33,10 @@ from PIL import Image
 
 from benchmarks.base import BenchmarkResult, Sample
 from benchmarks.common import (
-    FAILED, MISSING, SCORED, BenchmarkDataError, Job, SampleScore, aggregate_result, load_rgb, read_json,
-    run_jobs, utc_now, write_jsonl,
+    FAILED, MISSING, NAMED, SCORED, BenchmarkDataError, Job, SampleScore, aggregate_result, completeness,
+    counts_by_task, extra_outputs, load_rgb, ordered_tasks, outputs_meta, read_json, run_jobs, utc_now, write_jsonl,
 )
-from benchmarks.judges.base import JudgeRequest, build_runner, judge_meta, parse_criteria, parse_single_score
+from benchmarks.judges.base import JudgeRequest, ReplyParseError, build_runner, judge_meta, prompts_version
 from benchmarks.judges.prompts import imgedit_prompts, uge_prompt, viescore_prompts
 from benchmarks.judges.viescore import VIEItem, resize_to, score_items
 from harness.config import poly
@@ -51,6 +53,52 @@ PUBLIC_COUNTS = {"extract": 117, "style": 100, "add": 95, "adjust": 94, "backgro
 PUBLIC_UGE_COUNTS = {"uge": 47}
 N_CRITERIA = 3
 UGE_TASK = "uge"
+
+
+# ---------------------------------------------------------------------------------------------
+# The official scoring rules of PKU-YuanGroup/ImgEdit (read there; written here), each with its file.
+
+
+def official_line_scores(reply: str) -> list[tuple[str, int]]:
+    """Benchmark/Basic/step1_get_avgscore.py, `extract_scores_and_average` (Benchmark/UGE/get_average_score.py
+    has the same function): a line counts when, stripped and split at ': ', it gives exactly two parts
+    and the second is all digits (`str.isdigit`); its integer is a score. So any number of lines may
+    count, with any integer, whatever the name ("Brief reasoning: 5" counts too), and a line whose value
+    is "4/5", "4.", "**4**", "4 (Good)", or that has a second ': ', counts nothing."""
+    found = []
+    for line in reply.splitlines():
+        parts = line.strip().split(": ")
+        if len(parts) == 2 and parts[1].isdigit():
+            try:
+                found.append((parts[0], int(parts[1])))
+            except ValueError:  # digits int() cannot read (e.g. '²'): the official script stops with an error there
+                pass
+    return found
+
+
+def official_sample_score(reply: str) -> float:
+    """step1_get_avgscore.py (and UGE/get_average_score.py), `extract_scores_and_average`: the mean of
+    the counted lines rounded to 2 decimals; a reply with none is dropped (`None` there, a failure here)."""
+    scores = [v for _, v in official_line_scores(reply)]
+    if not scores:
+        raise ReplyParseError("no line 'Name: <integer>' (the official step1_get_avgscore.py rule counts nothing)")
+    return round(sum(scores) / len(scores), 2)
+
+
+def official_type_score(sample_scores: list[float]) -> float:
+    """Benchmark/Basic/step2_typescore.py, `compute_edit_type_averages`: the mean of a type's step-1
+    values (in basic_edit.json's order) rounded to 2 decimals."""
+    return round(sum(sample_scores) / len(sample_scores), 2)
+
+
+def official_uge_score(sample_scores: list[float]) -> float:
+    """Benchmark/UGE/get_average_score.py, `compute_final_average`: the mean of the step-1 values rounded to 2 decimals."""
+    return round(sum(sample_scores) / len(sample_scores), 2)
+
+
+def off_protocol(criteria: list[tuple[str, int]], n_expected: int) -> bool:
+    """A reply the official rule scores although it is not the `n_expected` 1-5 scores the prompt asks for."""
+    return len(criteria) != n_expected or any(not 1 <= v <= 5 for _, v in criteria)
 
 
 @dataclass
@@ -146,8 +194,17 @@ class _ImgEditBase:
             self._samples = _limit(samples, self.cfg.limit)
         return self._samples
 
+    # ---- the outputs folder: {key}.png, flat (the official layout)
+
+    def outputs_folder(self, out_dir: Path, model_name: str) -> Path:
+        """Where a run's outputs of this benchmark are: the folder in the public layout."""
+        return Path(out_dir) / model_name / self.subfolder if self.subfolder else Path(out_dir) / model_name
+
+    def expected_outputs(self, folder: Path) -> dict[str, Path]:
+        return {s.id: Path(folder) / f"{s.meta['key']}.png" for s in self.samples()}
+
     def output_path(self, out_dir: Path, model_name: str, sample: Sample) -> Path:
-        return Path(out_dir) / model_name / self.subfolder / f"{sample.meta['key']}.png"
+        return self.outputs_folder(out_dir, model_name) / f"{sample.meta['key']}.png"
 
     @staticmethod
     def input_image(sample: Sample) -> Image.Image:
@@ -176,6 +233,51 @@ class _ImgEditBase:
         return {"dataset": str(self._file), "model_name": model_name, "date": utc_now(), "limit": self.cfg.limit,
                 "matches_public_counts": self.matches_public_counts()}
 
+    def score(self, out_dir: Path, *, model_name: str = "model", progress: bool = True) -> list[BenchmarkResult]:
+        """Score a run's outputs (judge cache in out_dir/.judge_cache, per-sample rows beside the outputs)."""
+        folder = self.outputs_folder(out_dir, model_name)
+        return self.score_folder(folder, cache_dir=Path(out_dir) / ".judge_cache", report_dir=folder,
+                                 model_name=model_name, progress=progress)
+
+    def score_folder(self, folder: Path, *, cache_dir: Path, report_dir: Path, model_name: str = "model",
+                     progress: bool = True) -> list[BenchmarkResult]:
+        raise NotImplementedError
+
+    def _judge_official(self, runner, prompt_for, present: list[Sample], outputs: dict[str, Path], progress: bool,
+                        desc: str, n_expected: int) -> dict[str, tuple]:
+        """Ask the judge about every present output; per sample (step-1 value, error, row extras)."""
+        def make(s: Sample) -> tuple[JudgeRequest, Any]:
+            return JudgeRequest(prompt_for(s), (self.input_image(s), load_rgb(outputs[s.id]))), official_sample_score
+
+        out = {}
+        for s, v in zip(present, runner.run(present, make, progress=progress, desc=desc)):
+            criteria = [official_line_scores(r or "") for r in (v.replies or [v.reply])]
+            extra = {"criteria": [[n, c] for n, c in criteria[0]]} if criteria and criteria[0] else {}
+            if len(criteria) > 1:
+                extra["criteria_per_pass"] = [[[n, c] for n, c in cs] for cs in criteria]
+            if v.ok:
+                extra["off_protocol"] = any(off_protocol(cs, n_expected) for cs in criteria)
+            out[s.id] = (v.value if v.ok else None, v.error, extra)
+        return out
+
+    def _rows(self, samples: list[Sample], judged: dict[str, tuple], folder: Path,
+              expected: dict[str, Path]) -> list[SampleScore]:
+        rows = []
+        for s in samples:
+            r = judged.get(s.id)
+            if r is None:
+                rows.append(SampleScore(s.id, s.task, MISSING, extra={"expected": expected[s.id].relative_to(folder).as_posix()}))
+            elif r[0] is None:
+                rows.append(SampleScore(s.id, s.task, FAILED, error=r[1], extra=r[2]))
+            else:
+                rows.append(SampleScore(s.id, s.task, SCORED, {"Score": r[0]}, extra=r[2]))
+        return rows
+
+
+def _off_protocol_meta(rows: list[SampleScore]) -> dict[str, Any]:
+    ids = [r.id for r in rows if r.extra.get("off_protocol")]
+    return {"off_protocol_replies": len(ids), "off_protocol_ids": ids[:NAMED]}
+
 
 class ImgEditBenchmark(_ImgEditBase):
     name = "imgedit"
@@ -184,56 +286,51 @@ class ImgEditBenchmark(_ImgEditBase):
     with_type = True
     public_counts = PUBLIC_COUNTS
 
-    def score(self, out_dir: Path, *, model_name: str = "model", progress: bool = True) -> list[BenchmarkResult]:
-        out_dir = Path(out_dir)
+    def score_folder(self, folder: Path, *, cache_dir: Path, report_dir: Path, model_name: str = "model",
+                     progress: bool = True) -> list[BenchmarkResult]:
+        folder, report_dir = Path(folder), Path(report_dir)
         samples = self.samples()
-        runner = build_runner(self.cfg.judge, out_dir / ".judge_cache")
-        outs = {s.id: self.output_path(out_dir, model_name, s) for s in samples}
+        runner = build_runner(self.cfg.judge, cache_dir)
+        outs = self.expected_outputs(folder)
         present = [s for s in samples if outs[s.id].exists()]
+        extra = extra_outputs(folder, outs.values(), ["*"])
         if self.cfg.scorer == "imgedit":
             prompts = imgedit_prompts(self.cfg.prompts or None, sorted({s.task for s in samples}))
-            results = self._score_imgedit(runner, prompts, present, outs, progress)
-            metrics, subset = ["Score"], "basic"
-            source, path = prompts.source, prompts.path
-            aggregation = ("per sample mean of the 3 criteria (rounded to 2 decimals, as the official step 1); "
-                           "per-type means; Score = unweighted mean over types")
+            judged = self._judge_official(runner, lambda s: prompts.for_sample(s.task, s.instruction), present, outs,
+                                          progress, "ImgEdit judge", N_CRITERIA)
+            rows = self._rows(samples, judged, folder, outs)
+            version = prompts_version(*(prompts.by_type[t] for t in sorted(prompts.by_type)))
+            meta = {"prompts": prompts.source, "prompts_path": prompts.path, "prompts_version": version,
+                    "aggregation": "official ImgEdit: per sample step1_get_avgscore.py (mean of the 'Name: <int>' "
+                                   "lines, rounded to 2 decimals), per type step2_typescore.py (mean, rounded to 2 "
+                                   "decimals); Score = unweighted mean of the per-type scores; missing/failed counted "
+                                   "and excluded", **_off_protocol_meta(rows)}
+            result = self._aggregate_official(rows, "basic", meta)
         else:
             vprompts = viescore_prompts("tie", self.cfg.prompts or None)
-            results = self._score_viescore(runner, vprompts, present, outs, progress)
-            metrics, subset = ["SC", "PQ", "Overall"], "basic_viescore"
-            source, path = vprompts.source, vprompts.path
-            aggregation = "VIEScore tie per sample; per-type means; reported = unweighted mean over types"
-        scores = []
-        for s in samples:
-            r = results.get(s.id)
-            if r is None:
-                scores.append(SampleScore(s.id, s.task, MISSING))
-            elif r[0] is None:
-                scores.append(SampleScore(s.id, s.task, FAILED, error=r[1]))
-            else:
-                scores.append(SampleScore(s.id, s.task, SCORED, r[0], extra=r[2]))
-        write_jsonl(out_dir / model_name / f"imgedit_{subset}_samples.jsonl", (x.to_row() for x in scores))
-        meta = {**self._base_meta(model_name), "subset": subset, "scorer": self.cfg.scorer, "prompts": source,
-                "prompts_path": path, "aggregation": aggregation + "; missing/failed counted and excluded",
-                "type_labels": TYPE_LABELS, **judge_meta(runner)}
-        return [aggregate_result(self.name, subset, scores, meta, EDIT_TYPES, metrics)]
+            judged = self._score_viescore(runner, vprompts, present, outs, progress)
+            rows = self._rows_viescore(samples, judged, folder, outs)
+            meta = {"prompts": vprompts.source, "prompts_path": vprompts.path,
+                    "prompts_version": prompts_version(vprompts.sc, vprompts.pq),
+                    "aggregation": "VIEScore tie per sample; per-type means; reported = unweighted mean over types; "
+                                   "missing/failed counted and excluded"}
+            result = aggregate_result(self.name, "basic_viescore", rows, meta, EDIT_TYPES, ["SC", "PQ", "Overall"])
+        write_jsonl(report_dir / f"imgedit_{result.subset}_samples.jsonl", (x.to_row() for x in rows))
+        result.meta.update({**self._base_meta(model_name), "subset": result.subset, "scorer": self.cfg.scorer,
+                            "type_labels": TYPE_LABELS, **outputs_meta(folder, outs, extra), **judge_meta(runner)})
+        return [result]
 
-    def _score_imgedit(self, runner, prompts, present, outs, progress) -> dict[str, tuple]:
-        parse = partial(parse_criteria, n_criteria=N_CRITERIA, lo=1, hi=5)
-
-        def make(s: Sample) -> tuple[JudgeRequest, Any]:
-            request = JudgeRequest(prompts.for_sample(s.task, s.instruction), (self.input_image(s), load_rgb(outs[s.id])))
-            return request, parse
-
-        verdicts = runner.run(present, make, progress=progress, desc="ImgEdit judge")
-        out = {}
-        for s, v in zip(present, verdicts):
-            if v.ok:
-                criteria = dict(v.value)
-                out[s.id] = ({"Score": round(sum(c for _, c in v.value) / len(v.value), 2)}, None, {"criteria": criteria})
-            else:
-                out[s.id] = (None, v.error, {})
-        return out
+    def _aggregate_official(self, rows: list[SampleScore], subset: str, meta: dict[str, Any]) -> BenchmarkResult:
+        tasks = ordered_tasks((x.task for x in rows), EDIT_TYPES)
+        per_task = {}
+        for t in tasks:
+            vals = [x.values["Score"] for x in rows if x.task == t and x.status == SCORED]
+            if vals:
+                per_task[t] = {"Score": official_type_score(vals)}
+        counts = counts_by_task(rows, tasks)
+        metrics = {"Score": sum(r["Score"] for r in per_task.values()) / len(per_task)} if per_task else {}
+        return BenchmarkResult(benchmark=self.name, subset=subset, metrics=metrics, per_task=per_task, counts=counts,
+                               meta={**meta, **completeness(counts), "n_tasks": len(tasks)})
 
     def _score_viescore(self, runner, prompts, present, outs, progress) -> dict[str, tuple]:
         def load(s: Sample) -> tuple[list[Image.Image], Image.Image]:
@@ -244,6 +341,18 @@ class ImgEditBenchmark(_ImgEditBase):
         return {o.id: (o.scores, o.error, {"sub_scores": o.sub_scores} if o.sub_scores else {})
                 for o in score_items(runner, prompts, items, progress=progress, desc="ImgEdit VIEScore")}
 
+    def _rows_viescore(self, samples, judged, folder, outs) -> list[SampleScore]:
+        rows = []
+        for s in samples:
+            r = judged.get(s.id)
+            if r is None:
+                rows.append(SampleScore(s.id, s.task, MISSING, extra={"expected": outs[s.id].relative_to(folder).as_posix()}))
+            elif r[0] is None:
+                rows.append(SampleScore(s.id, s.task, FAILED, error=r[1]))
+            else:
+                rows.append(SampleScore(s.id, s.task, SCORED, r[0], extra=r[2]))
+        return rows
+
 
 class ImgEditUGEBenchmark(_ImgEditBase):
     name = "imgedit_uge"
@@ -252,33 +361,30 @@ class ImgEditUGEBenchmark(_ImgEditBase):
     with_type = False
     public_counts = PUBLIC_UGE_COUNTS
 
-    def score(self, out_dir: Path, *, model_name: str = "model", progress: bool = True) -> list[BenchmarkResult]:
-        out_dir = Path(out_dir)
+    def score_folder(self, folder: Path, *, cache_dir: Path, report_dir: Path, model_name: str = "model",
+                     progress: bool = True) -> list[BenchmarkResult]:
+        folder, report_dir = Path(folder), Path(report_dir)
         samples = self.samples()
         prompt = uge_prompt(self.cfg.prompts or None)
-        runner = build_runner(self.cfg.judge, out_dir / ".judge_cache")
-        outs = {s.id: self.output_path(out_dir, model_name, s) for s in samples}
+        runner = build_runner(self.cfg.judge, cache_dir)
+        outs = self.expected_outputs(folder)
         present = [s for s in samples if outs[s.id].exists()]
-        parse = partial(parse_single_score, lo=1, hi=5)
-
-        def make(s: Sample) -> tuple[JudgeRequest, Any]:
-            return JudgeRequest(prompt.for_sample(s.instruction), (self.input_image(s), load_rgb(outs[s.id]))), parse
-
-        verdicts = dict(zip((s.id for s in present), runner.run(present, make, progress=progress, desc="ImgEdit UGE judge")))
-        scores = []
-        for s in samples:
-            v = verdicts.get(s.id)
-            if v is None:
-                scores.append(SampleScore(s.id, s.task, MISSING))
-            elif not v.ok:
-                scores.append(SampleScore(s.id, s.task, FAILED, error=v.error))
-            else:
-                scores.append(SampleScore(s.id, s.task, SCORED, {"Score": float(v.value)}))
-        write_jsonl(out_dir / model_name / self.subfolder / "imgedit_uge_samples.jsonl", (x.to_row() for x in scores))
+        judged = self._judge_official(runner, lambda s: prompt.for_sample(s.instruction), present, outs, progress,
+                                      "ImgEdit UGE judge", 1)
+        rows = self._rows(samples, judged, folder, outs)
+        write_jsonl(report_dir / "imgedit_uge_samples.jsonl", (x.to_row() for x in rows))
+        counts = counts_by_task(rows, [UGE_TASK])
+        vals = [x.values["Score"] for x in rows if x.status == SCORED]
+        metrics = {"Score": official_uge_score(vals)} if vals else {}
         meta = {**self._base_meta(model_name), "subset": "uge", "prompts": prompt.source, "prompts_path": prompt.path,
-                "aggregation": "Score = mean over samples of the single 1-5 score; missing/failed counted and excluded",
-                **judge_meta(runner)}
-        return [aggregate_result(self.name, "uge", scores, meta, [UGE_TASK], ["Score"])]
+                "prompts_version": prompts_version(prompt.text),
+                "aggregation": "official ImgEdit UGE get_average_score.py: per sample the mean of the 'Name: <int>' "
+                               "lines rounded to 2 decimals; Score = the mean over samples rounded to 2 decimals; "
+                               "missing/failed counted and excluded",
+                **_off_protocol_meta(rows), **completeness(counts), "n_tasks": 1,
+                **outputs_meta(folder, outs, extra_outputs(folder, outs.values(), ["*"])), **judge_meta(runner)}
+        return [BenchmarkResult(benchmark=self.name, subset="uge", metrics=metrics,
+                                per_task={UGE_TASK: dict(metrics)} if metrics else {}, counts=counts, meta=meta)]
 
 
 BENCHMARKS.register("imgedit", Spec(config=ImgEditConfig, build=ImgEditBenchmark,

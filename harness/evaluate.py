@@ -1,13 +1,15 @@
-"""Score an editing model on benchmarks.
+"""Score an editing model on benchmarks, or score a folder of edits that any model made.
 
     python -m harness.evaluate --run RUN_DIR --benchmark shapes_edit [key=value ...]
     python -m harness.evaluate --run RUN_DIR --benchmark gedit path=/data/GEdit-Bench judge.model=gpt-4.1
     python -m harness.evaluate --run RUN_DIR --benchmark shapes_edit eval.sampler=euler eval.steps=28 eval.guidance=1
+    python -m harness.evaluate --outputs DIR --benchmark imgedit path=/data/ImgEdit/Benchmark/Basic \
+        --judge configs/judges/gpt-4o.yaml [--out OUT] [--dry-run]
 
-Outputs go to RUN_DIR/eval/<benchmark>-<setting>/ in the benchmark's public layout; generation skips
-outputs that exist, so an interrupted evaluation resumes. Results are merged into RUN_DIR/result.json.
-With --run, a benchmark the run was scored on starts from the run's config of it (eval.benchmarks);
-key=value options change it.
+--run: outputs go to RUN_DIR/eval/<benchmark>-<setting>/ in the benchmark's public layout; generation
+skips outputs that exist, so an interrupted evaluation resumes. Results are merged into RUN_DIR/result.json.
+A benchmark the run was scored on starts from the run's config of it (eval.benchmarks); key=value
+options change it.
 
 The evaluation setting is the editor's sampler (eval.sampler: few_step | euler | method, eval.steps,
 eval.guidance) and the eval seed (eval.seed), with the benchmark's own generation config. Options
@@ -17,21 +19,37 @@ defaults to the run's). Each setting has its own output folder, so the outputs a
 others are kept: result.json holds one result per benchmark, subset and setting, each recording its
 setting in `meta` (sampling, eval_seed, benchmark_config), and reports.collect turns that into the
 columns eval.sampler, eval.steps, eval.guidance, eval.seed, eval.benchmark_config of results.csv.
+
+--outputs DIR: DIR holds edits in the benchmark's public layout (imgedit, imgedit_uge: DIR/{key}.png;
+gedit: DIR/fullset/{task_type}/{language}/{key}.png; dreambooth: DIR/{subject}/{NN}_{k}.png). Nothing is
+written into DIR: results (result.json), the judge's cache and the per-sample rows go to --out
+(default: DIR_eval next to DIR). Missing and extra files are counted and named.
+
+The judge: each benchmark has its own (GEdit: gpt-4.1, JPEG; ImgEdit: gpt-4o, PNG); `--judge FILE`
+(e.g. configs/judges/*.yaml) and `judge.KEY=VALUE` overrides are merged onto it, key by key, unless they
+name another backend (judge.name=...), which then starts from its own defaults. --dry-run prints the
+resolved benchmark and judge. Before a run's outputs are generated, one cheap request checks the
+judge's endpoint, key and model; scoring does the same before its first request that the cache cannot
+answer, so an evaluation whose replies are all cached makes no request at all. A judge that cannot
+work (no key, key refused, unknown model, unreachable) is a one-line error, exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks.base import BenchmarkResult
 from harness import config as C
 from harness.registry import BENCHMARKS, load_plugins
 from harness.runconfig import EvalConfig
-from harness.runstore import RunDir
+from harness.runstore import RunDir, atomic_write_json
+
 
 EVAL_OPTIONS = ("sampler", "steps", "guidance", "seed", "batch_size")  # the eval.* keys of the command line
 
@@ -129,9 +147,9 @@ class _Setting:  # the eval.* options of the command line, type-checked as the r
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
-def _apply_setting(editor: Any, cfg: Any, setting: dict[str, Any], rd: RunDir) -> None:
-    """Set the evaluation setting of `setting` (eval.* options) on the loaded editor and the run's config
-    (in memory only: config.yaml and the run id stay as trained)."""
+def _apply_setting(cfg: Any, setting: dict[str, Any]) -> dict[str, Any]:
+    """Set the eval seed and batch size of `setting` (eval.* options) on the run's config (in memory only:
+    config.yaml and the run id stay as trained); return the sampler changes for the editor."""
     raw, keys = C.resolve_dict({"eval": {}}, {f"eval.{k}": v for k, v in setting.items()}, "command line")
     new = C.from_dict(_Setting, raw, "command line", keys).eval
     if new.steps < 0 or new.guidance < 0 or new.batch_size < 1:
@@ -139,15 +157,22 @@ def _apply_setting(editor: Any, cfg: Any, setting: dict[str, Any], rd: RunDir) -
                             "eval.batch_size >= 1")
     cfg.eval.seed = new.seed if "seed" in setting else cfg.eval.seed
     cfg.eval.batch_size = new.batch_size if "batch_size" in setting else cfg.eval.batch_size
-    changes = {k: v for k, v in (("sampler", new.sampler if new.sampler != "method" else None),
-                                 ("steps", new.steps or None), ("guidance", float(new.guidance) or None))
-               if v is not None and k in setting}
-    if not changes:
-        return
-    if getattr(editor, "sampling", None) is None:
-        raise C.ConfigError(f"{rd.model_dir}: this editor has no sampler setting, so eval.sampler, eval.steps and "
-                            "eval.guidance cannot change it (eval.seed can)")
-    editor.sampling = dataclasses.replace(editor.sampling, **changes)
+    return {k: v for k, v in (("sampler", new.sampler if new.sampler != "method" else None),
+                              ("steps", new.steps or None), ("guidance", float(new.guidance) or None))
+            if v is not None and k in setting}
+
+
+def _exported_sampling(rd: RunDir, changes: dict[str, Any]) -> dict[str, Any] | None:
+    """The sampler the run exported (RUN_DIR/model/editor.json) with `changes`, read without loading the
+    editor; None for an editor without a sampler setting."""
+    path = rd.model_dir / "editor.json"
+    sampling = json.loads(path.read_text()).get("sampling") if path.exists() else None
+    if sampling is None:
+        if changes:
+            raise C.ConfigError(f"{rd.model_dir}: this editor has no sampler setting, so eval.sampler, eval.steps "
+                                "and eval.guidance cannot change it (eval.seed can)")
+        return None
+    return {**sampling, **changes}
 
 
 def _describe_setting(meta: dict[str, Any]) -> str:
@@ -159,16 +184,250 @@ def _describe_setting(meta: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+# ---------------------------------------------------------------------------------------------
+# The benchmark and its judge from the command line
+
+
+def default_judge(name: str) -> dict[str, Any] | None:
+    """The judge section benchmark `name` has by default (None: none, or no judge at all)."""
+    spec = BENCHMARKS.get(name)
+    if "judge" in spec.defaults:
+        j = spec.defaults["judge"]
+        return {"name": j} if isinstance(j, str) else j
+    if not any(f.name == "judge" for f in dataclasses.fields(spec.config)):
+        return None
+    judge = spec.config().judge
+    return None if judge is None else C.to_dict(judge)
+
+
+def compose_judge(base: dict[str, Any] | None, *layers: Any) -> dict[str, Any] | None:
+    """`layers` (a judge file's mapping, then the command line's judge.* keys) merged onto the
+    benchmark's judge key by key; a layer naming another backend starts from that backend's defaults,
+    `None` (judge=null) removes the judge."""
+    cur = dict(base) if base is not None else None
+    for layer in layers:
+        if layer is None:
+            cur = None
+            continue
+        layer = {"name": layer} if isinstance(layer, str) else dict(layer)
+        if cur is None or ("name" in layer and layer["name"] != cur.get("name")):
+            cur = layer
+        else:
+            cur = {**cur, **layer}
+    return cur
+
+
+def read_judge_file(path: str) -> dict[str, Any]:
+    data = C.read_yaml(path)
+    if "name" not in data:
+        raise C.ConfigError(f"{path}: a judge config needs 'name' (one of: openai_api, local_vlm)")
+    return data
+
+
+def resolve_benchmark(name: str, options: list[str], judge_file: str | None = None,
+                      start: dict[str, Any] | None = None) -> Any:
+    """The benchmark config of `name` with the command line's key=value options, its judge composed
+    from the benchmark's own judge (or `start`'s: a run's config of the benchmark), `judge_file` and the
+    judge.* options (see compose_judge)."""
+    start = dict(start) if start else {"name": name}
+    own_judge = start.pop("judge", None)
+    raw, keys = C.resolve_dict(start, options)
+    base = own_judge if own_judge is not None else default_judge(name)
+    source = "command line" if judge_file is None else f"--judge {judge_file}"
+    if base is None and not any(f.name == "judge" for f in dataclasses.fields(BENCHMARKS.get(name).config)):
+        if judge_file or "judge" in raw:
+            raise C.ConfigError(f"{source}: benchmark {name!r} has no judge (it is scored without one)")
+        return C.build_section(BENCHMARKS, raw, source, "benchmark", keys)
+    layers = ([read_judge_file(judge_file)] if judge_file else []) + ([raw["judge"]] if "judge" in raw else [])
+    if layers:
+        raw["judge"] = compose_judge(base, *layers)
+        if raw["judge"] is not None and "name" not in raw["judge"]:
+            raise C.ConfigError(f"{source}: key 'benchmark.judge.name' must be set (benchmark {name!r} has no judge "
+                                "by default); one of: openai_api, local_vlm")
+    return C.build_section(BENCHMARKS, raw, source, "benchmark", keys)
+
+
+def describe(bcfg: Any, where: dict[str, str]) -> str:
+    """--dry-run: the resolved benchmark and judge (the key's variable NAME only), and where things go."""
+    judge = getattr(bcfg, "judge", None)
+    head = [f"# benchmark {bcfg.name}" + (f", judge {judge.name} {judge.model}" if judge is not None else ", no judge")]
+    head += [f"# {k}: {v}" for k, v in where.items()]
+    import yaml
+
+    return "\n".join(head) + "\n" + yaml.safe_dump(C.to_dict(bcfg), sort_keys=False, default_flow_style=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preflight
+
+
+def preflight_judges(bcfgs: list[Any]) -> int:
+    """One cheap request per distinct judge of `bcfgs` (endpoint, key, model); JudgeFatalError with one
+    line naming the config key to fix when a judge cannot work. Returns the requests made."""
+    from benchmarks.judges.base import preflight
+
+    seen, n = set(), 0
+    for b in bcfgs:
+        judge = getattr(b, "judge", None)
+        if judge is None:
+            continue
+        key = json.dumps(C.to_dict(judge), sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            n += preflight(judge)
+            print(f"judge preflight: {judge.name} {judge.model} ok", file=sys.stderr)
+    return n
+
+
+def generation_pending(bench: Any, out: Path, model_name: str = "model") -> bool:
+    """Whether generating into `out` has outputs left to write (unknown layouts: assume so)."""
+    if not (hasattr(bench, "outputs_folder") and hasattr(bench, "expected_outputs")):
+        return True
+    return any(not p.exists() for p in bench.expected_outputs(bench.outputs_folder(out, model_name)).values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring a folder of outputs
+
+
+def default_out(outputs: Path) -> Path:
+    return outputs.parent / f"{outputs.name}_eval"
+
+
+def score_outputs(bcfg: Any, outputs: Path, out: Path, *, progress: bool = False) -> list[BenchmarkResult]:
+    """Score the edits in `outputs` (the benchmark's public layout, any model's); judge cache, per-sample
+    rows and result.json in `out`. Nothing is written into `outputs`."""
+    previous = out / "result.json"
+    if previous.is_file() and json.loads(previous.read_text()).get("outputs") != str(outputs.resolve()):
+        raise C.ConfigError(f"--out {out}: holds the results of another outputs folder "
+                            f"({json.loads(previous.read_text()).get('outputs')}); give another --out")
+    bench = BENCHMARKS.get(bcfg.name).build(bcfg)
+    if not hasattr(bench, "score_folder"):
+        raise C.ConfigError(f"--outputs: benchmark {bcfg.name!r} cannot score a folder of outputs; use --run")
+    expected = bench.expected_outputs(outputs)
+    if not any(p.exists() for p in expected.values()):
+        example = next(iter(expected.values()), outputs / "?")
+        raise FileNotFoundError(f"{outputs}: none of the {len(expected)} outputs of benchmark {bcfg.name!r} is there "
+                                f"(expected e.g. {example})")
+    results = bench.score_folder(outputs, cache_dir=out / ".judge_cache", report_dir=out, model_name=outputs.name,
+                                 progress=progress)
+    for r in results:
+        r.meta.setdefault("date", time.strftime("%Y-%m-%d"))
+    merge_outputs_results(out, outputs, results)
+    return results
+
+
+def merge_outputs_results(out: Path, outputs: Path, new: list[BenchmarkResult]) -> dict[str, Any]:
+    """out/result.json: replace results of the same (benchmark, subset), keep the others."""
+    path = out / "result.json"
+    res = json.loads(path.read_text()) if path.is_file() else {"outputs": str(outputs.resolve()), "results": []}
+    keys = {(r.benchmark, r.subset) for r in new}
+    res["results"] = [r for r in res["results"] if (r["benchmark"], r["subset"]) not in keys] + [r.to_dict() for r in new]
+    res["evaluated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    atomic_write_json(path, res)
+    return res
+
+
+def print_results(results: list[BenchmarkResult]) -> None:
+    for r in results:
+        vals = "  ".join(f"{k}={v:.3f}" for k, v in r.metrics.items())
+        print(f"{r.benchmark}/{r.subset}: {vals}")
+    if not results:
+        return
+    m = results[0].meta
+    lines = []
+    if m.get("missing"):
+        lines.append(f"missing {m['missing']} output(s): {', '.join(m.get('missing_outputs', []))}")
+    if m.get("extra"):
+        lines.append(f"extra {m['extra']} file(s), not scored: {', '.join(m.get('extra_outputs', []))}")
+    if m.get("failed"):
+        lines.append(f"failed {m['failed']} sample(s) (no usable judge reply; see the per-sample rows)")
+    if "judge_calls" in m:
+        lines.append(f"judge {m['judge_model']}: {m['judge_calls']} request(s) ({m.get('judge_preflight_calls', 0)} "
+                     f"preflight), {m['judge_cache_hits']} cached answer(s), {m['judge_failed_requests']} failed")
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+
+
+def before_generation(args: argparse.Namespace, cfg: Any, rd: RunDir, bcfg: Any, sampling: Any = None) -> bool:
+    """--run: print the resolved benchmark for --dry-run (True: stop there); otherwise check the judge
+    with one cheap request when outputs are still to be generated (before any generation)."""
+    if not args.dry_run and getattr(bcfg, "judge", None) is None:
+        return False
+    bench = BENCHMARKS.get(bcfg.name).build(bcfg)
+    out = rd.eval_dir / benchmark_dirname(bcfg, bench, cfg.eval.seed, sampling)
+    if args.dry_run:
+        print(describe(bcfg, {"run": str(rd.path), "outputs": str(out)}), end="")
+        return True
+    if generation_pending(bench, out):
+        preflight_judges([bcfg])
+    return False
+
+
+def judge_errors_exit_2(main: Any) -> Any:
+    """A judge that cannot work (no key, key refused, unknown model, unreachable) ends the command with
+    its one-line message and exit status 2, wherever it shows (preflight or the first request)."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        from benchmarks.judges.base import JudgeFatalError
+
+        try:
+            return main(argv)
+        except JudgeFatalError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+def _main_outputs(args: argparse.Namespace) -> int:
+    from benchmarks.common import BenchmarkDataError
+
+    outputs = Path(args.outputs)
+    out = Path(args.out) if args.out else default_out(outputs)
+    try:
+        bcfg = resolve_benchmark(args.benchmark, args.options, args.judge)
+    except (C.ConfigError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(describe(bcfg, {"outputs": str(outputs), "results": str(out / "result.json")}), end="")
+        return 0
+    if not outputs.is_dir():
+        print(f"error: --outputs {outputs}: not a folder", file=sys.stderr)
+        return 2
+    try:
+        results = score_outputs(bcfg, outputs, out, progress=sys.stderr.isatty())
+    except (FileNotFoundError, BenchmarkDataError, C.ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_results(results)
+    print(f"results: {out / 'result.json'}", file=sys.stderr)
+    return 0
+
+
+@judge_errors_exit_2
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="a run folder with a trained model (RUN_DIR/model)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--run", help="a run folder with a trained model (RUN_DIR/model)")
+    mode.add_argument("--outputs", metavar="DIR", help="score the edits in DIR (the benchmark's public layout, any model's)")
     p.add_argument("--benchmark", required=True, help=f"benchmark name ({', '.join(BENCHMARKS.names())}); with "
                    "--run, the run's own config of it (eval.benchmarks) is the base of the options")
-    p.add_argument("options", nargs="*", help="benchmark config overrides, key=value; eval.sampler=few_step|euler|method, "
-                   "eval.steps=N, eval.guidance=X, eval.seed=N (the evaluation setting), eval.batch_size=N")
+    p.add_argument("options", nargs="*", help="benchmark config overrides, key=value (judge.KEY=VALUE for the judge); "
+                   "with --run also the evaluation setting: eval.sampler=few_step|euler|method, eval.steps=N, "
+                   "eval.guidance=X, eval.seed=N, eval.batch_size=N")
+    p.add_argument("--judge", metavar="FILE", help="a judge config (e.g. configs/judges/gpt-4.1.yaml) merged onto the benchmark's judge")
+    p.add_argument("--out", metavar="OUT", help="with --outputs: where results, judge cache and per-sample rows go (default: DIR_eval)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved benchmark and judge, do nothing")
     p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value options before or after the flags
+    if args.outputs is not None:
+        return _main_outputs(args)
+    if args.out:
+        p.error("--out goes with --outputs (a run's results go into the run folder)")
 
     from harness.edit import EditError, load_editor
     from harness.train import load_run
@@ -183,13 +442,21 @@ def main(argv: list[str] | None = None) -> int:
         setting, options = _eval_options(args.options)
         # the run's own config of this benchmark (as trained and scored), else the benchmark's defaults
         own = [C.to_dict(b) for b in cfg.eval.benchmarks if b.name == args.benchmark]
-        raw, keys = C.resolve_dict(own[0] if own else {"name": args.benchmark}, options)
-        bcfg = C.build_section(BENCHMARKS, raw, "command line", "benchmark", keys)
-        editor = load_editor(rd.path, device=args.device)
-        _apply_setting(editor, cfg, setting, rd)
-    except (C.ConfigError, KeyError, EditError) as e:
+        bcfg = resolve_benchmark(args.benchmark, options, args.judge, start=own[0] if own else None)
+        changes = _apply_setting(cfg, setting)
+        sampling = _exported_sampling(rd, changes)
+    except (C.ConfigError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if before_generation(args, cfg, rd, bcfg, sampling):
+        return 0  # --dry-run
+    try:
+        editor = load_editor(rd.path, device=args.device)
+    except EditError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if changes:
+        editor.sampling = dataclasses.replace(editor.sampling, **changes)
     results = evaluate_editor(editor, cfg, rd, progress=sys.stderr.isatty(), benchmarks=[bcfg])
     merge_results(rd, results)
     for r in results:

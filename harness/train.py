@@ -209,6 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# run {run_id} -> {where}")
         print(C.dump_yaml(cfg), end="")
         return 0
+    if not RunDir(where).is_done():  # the benchmarks' judges must work before any training time is spent
+        from benchmarks.judges.base import JudgeFatalError
+        from harness.evaluate import preflight_judges
+
+        try:
+            preflight_judges(cfg.eval.benchmarks)
+        except JudgeFatalError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     rd = prepare_run_dir(cfg, Path(args.runs_dir), args.group)
     print(f"run {run_id}: {rd.path}", file=sys.stderr)
     result = run(rd.path)

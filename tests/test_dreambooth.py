@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,8 +22,8 @@ from benchmarks.metrics.dino import DinoConfig
 from harness.config import ConfigError, build_section
 from harness.registry import BENCHMARKS
 from tests.bench_fixtures import (
-    VIE_TEST_CONSTANTS, FakeEditor, nearest_color, solid, tiny_open_clip, tiny_timm, write_code_with_prompts,
-    write_dreambooth,
+    OPEN_CLIP_TINY, VIE_TEST_CONSTANTS, FakeEditor, nearest_color, solid, tiny_open_clip, tiny_timm,
+    write_code_with_prompts, write_dreambooth,
 )
 from tests.judge_server import ChatServer, reply
 
@@ -101,17 +102,12 @@ SC = {"red": (9, 8), "green": (3, 6), "blue": (7, 7)}  # by the generated image'
 PQ = {"red": (8, 8), "green": (5, 4), "blue": None}  # blue: never parsable
 
 
-def test_score_equals_hand_computation(tmp_path, data):
-    import open_clip
-    from timm.data import create_transform, resolve_data_config
-
-    dino_model = tiny_timm(tmp_path / "dino.safetensors")
-    clip_model = tiny_open_clip(tmp_path / "clip")
+def test_viescore_sdig_through_the_loopback_judge_equals_hand_computation(tmp_path, data):
     module = write_code_with_prompts(tmp_path / "viescore/vie_prompts.py", VIE_TEST_CONSTANTS, tmp_path / "executed")
 
     def responder(req):
         color = nearest_color(req.images[-1])
-        if len(req.images) == 2:
+        if len(req.images) == 2:  # SC: [the subject's reference image, the generated one]
             assert nearest_color(req.images[0]) == REAL[("backpack" if "backpack" in req.text else "dog")][0]
             s = SC[color]
         else:
@@ -122,9 +118,7 @@ def test_score_equals_hand_computation(tmp_path, data):
     with ChatServer(responder) as server:
         judge = OpenAIJudgeConfig(model="gpt-4.1", base_url=server.base_url, api_key_env="", parse_retries=0)
         b = bench(data, judge=judge, prompts=str(module), limit=1, images_per_prompt=2, subjects=["backpack", "dog"],
-                  metrics=["viescore", "dino", "clip_i", "clip_t"], device="cpu",
-                  dino=DinoConfig(model="test_vit", weights=str(tmp_path / "dino.safetensors")),
-                  clip=ClipConfig(model=f"local-dir:{tmp_path / 'clip'}"))
+                  metrics=["viescore"])
         for sid, color in outputs.items():
             p = tmp_path / "out/m" / f"{sid}.png"
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -132,54 +126,106 @@ def test_score_equals_hand_computation(tmp_path, data):
         (res,) = b.score(tmp_path / "out", model_name="m")
         assert any(r.text.endswith("TEST-SDIG-SC prompt: a backpack in the jungle\n") or
                    r.text.endswith("TEST-SDIG-SC prompt: a backpack in the jungle") for r in server.requests)
+        assert len(server.judged) == 3 * 2 and server.preflights == 1
+        again = bench(data, judge=judge, prompts=str(module), limit=1, images_per_prompt=2, subjects=["backpack", "dog"],
+                      metrics=["viescore"]).score(tmp_path / "out", model_name="m")
+        assert len(server.requests) == 7 and again[0].meta["judge_calls"] == 0  # a cached rerun makes no call
     assert not (tmp_path / "executed").exists()
 
-    # VIEScore by hand: scored images backpack/00_0 (SC 8, PQ 8) and backpack/00_1 (SC 3, PQ 4); dog/00_0 failed.
+    # By hand: scored images backpack/00_0 (SC min(9, 8) = 8, PQ min(8, 8) = 8) and backpack/00_1
+    # (SC min(3, 6) = 3, PQ min(5, 4) = 4); dog/00_0's PQ reply never parses: failed; dog/00_1 missing.
     assert res.metrics["SC"] == pytest.approx((8 + 3) / 2)
     assert res.metrics["PQ"] == pytest.approx((8 + 4) / 2)
-    assert res.metrics["Overall"] == pytest.approx((8 + math.sqrt(12)) / 2)
+    assert res.metrics["Overall"] == pytest.approx((math.sqrt(8 * 8) + math.sqrt(3 * 4)) / 2)
     assert res.counts == {"backpack": {"n": 2, "scored": 2, "failed": 0, "missing": 0},
                           "dog": {"n": 2, "scored": 0, "failed": 1, "missing": 1}}
-
-    # DINO / CLIP by hand, with the in-memory models that were saved (so the weights were loaded, not re-drawn).
-    tf = create_transform(**resolve_data_config({}, model=dino_model))
-    _, _, clip_pre = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'clip'}")
-    tok = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'clip'}")
-
-    def unit(x):
-        return torch.nn.functional.normalize(x.float(), dim=-1)
-
-    def image(c):  # a colour name (the PNG outputs are exact) or a real image file (JPEG)
-        return solid(c, (32, 32)) if isinstance(c, str) else Image.open(c).convert("RGB")
-
-    real = {subject: sorted((data / subject).glob("*.jpg")) for subject in REAL}
-    with torch.no_grad():
-        def dino(c):
-            return unit(dino_model(tf(image(c)).unsqueeze(0)))[0]
-
-        def clip_img(c):
-            return unit(clip_model.encode_image(clip_pre(image(c)).unsqueeze(0)))[0]
-
-        def clip_txt(t):
-            return unit(clip_model.encode_text(tok([t])))[0]
-
-        expect = {}
-        for sid, color in outputs.items():
-            subject = sid.split("/")[0]
-            prompt = "a backpack in the jungle" if subject == "backpack" else "a dog in the jungle"
-            expect[sid] = {
-                "DINO": sum(float(dino(color) @ dino(r)) for r in real[subject]) / len(real[subject]),
-                "CLIP-I": sum(float(clip_img(color) @ clip_img(r)) for r in real[subject]) / len(real[subject]),
-                "CLIP-T": float(clip_img(color) @ clip_txt(prompt)),
-            }
-    for m in ("DINO", "CLIP-I", "CLIP-T"):
-        assert res.metrics[m] == pytest.approx(sum(e[m] for e in expect.values()) / 3, abs=1e-5)
-        assert res.per_task["dog"][m] == pytest.approx(expect["dog/00_0"][m], abs=1e-5)
-
-    assert res.meta["dino_backbone"] == {"model": "test_vit", "weights": str(tmp_path / "dino.safetensors")}
-    assert res.meta["clip_backbone"]["model"] == f"local-dir:{tmp_path / 'clip'}"
     assert res.meta["prompts"] == "official" and res.meta["not_implemented"] == ["MDINO", "TIFA"]
     assert res.meta["by_category"]["object"]["SC"] == pytest.approx(5.5) and "SC" not in res.meta["by_category"]["live"]
+    assert res.meta["missing_outputs"] == ["dog/00_1.png"] and res.meta["judge_passes"] == 1
     rows = [json.loads(l) for l in (tmp_path / "out/m/dreambooth_samples.jsonl").read_text().splitlines()]
     failed = next(r for r in rows if r["status"] == "failed")
-    assert failed["id"] == "dog/00_0" and "DINO" in failed and "SC" not in failed
+    assert failed["id"] == "dog/00_0" and "SC" not in failed and "unparsable" in failed["error"]
+
+
+def halves(left: str, right: str, size: tuple[int, int]) -> Image.Image:
+    """Two colours side by side: resizing and center-cropping change what a model sees."""
+    im = solid(left, size)
+    im.paste(solid(right, (size[0] // 3, size[1])), (size[0] - size[0] // 3, 0))
+    return im
+
+
+def test_dino_clip_i_clip_t_equal_hand_computation(tmp_path):
+    """DINO, CLIP-I, CLIP-T on tiny random models of the real classes (timm VisionTransformer, open_clip CLIP),
+    saved and loaded back; the expected numbers from the models' own preprocessing written out by hand
+    (resize the shorter side, center crop, normalise with the model's mean/std), the DINO feature as the CLS
+    token, cosine as a.b / (|a||b|), and the paper's averaging: each generated image against every real
+    image of its subject, then the mean over generated images."""
+    import open_clip
+
+    dino_model = tiny_timm(tmp_path / "dino.safetensors")
+    clip_model = tiny_open_clip(tmp_path / "clip")
+    real = {"backpack": [("red", "blue", (40, 32)), ("green", "yellow", (36, 48))],
+            "dog": [("white", "black", (32, 32)), ("orange", "cyan", (50, 30)), ("magenta", "gray", (30, 44))]}
+    root = tmp_path / "dataset"
+    write_dreambooth(root, {"backpack": "backpack", "dog": "dog"}, OBJECT_PROMPTS, LIVE_PROMPTS,
+                     {s: ["red"] * len(v) for s, v in real.items()})
+    for subject, imgs in real.items():  # replace the solid images by structured, non-square ones
+        for i, (a, b_, size) in enumerate(imgs):
+            halves(a, b_, size).save(root / subject / f"{i:02d}.jpg", quality=95)
+    outputs = {"backpack/00_0": ("blue", "red", (48, 32)), "backpack/00_1": ("yellow", "green", (30, 45)),
+               "dog/00_0": ("black", "white", (64, 40))}  # dog/00_1: missing
+    for sid, (a, b_, size) in outputs.items():
+        p = tmp_path / "out/m" / f"{sid}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        halves(a, b_, size).save(p)
+    b = DreamBoothBenchmark(DreamBoothConfig(
+        path=str(root), judge=None, metrics=["dino", "clip_i", "clip_t"], limit=1, images_per_prompt=2, device="cpu",
+        dino=DinoConfig(model="test_vit", weights=str(tmp_path / "dino.safetensors")),
+        clip=ClipConfig(model=f"local-dir:{tmp_path / 'clip'}")))
+    (res,) = b.score(tmp_path / "out", model_name="m")
+
+    def preprocess(im: Image.Image, size: int, crop_pct: float, mean, std) -> torch.Tensor:
+        w, h = im.size
+        short = math.floor(size / crop_pct)  # the resize target of the shorter side
+        new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        im = im.resize(new, Image.Resampling.BICUBIC)
+        left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+        im = im.crop((left, top, left + size, top + size))
+        x = torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 255
+        return ((x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)).unsqueeze(0)
+
+    def cos(a: torch.Tensor, b_: torch.Tensor) -> float:
+        return float(a @ b_ / (a.norm() * b_.norm()))
+
+    dcfg = dino_model.pretrained_cfg  # the DINO model's own preprocessing
+    ccfg = OPEN_CLIP_TINY["preprocess_cfg"]
+    csize = OPEN_CLIP_TINY["model_cfg"]["vision_cfg"]["image_size"]
+    tok = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'clip'}")
+    with torch.no_grad():
+        def dino(im):
+            return dino_model.forward_features(preprocess(im, dcfg["input_size"][1], dcfg["crop_pct"], dcfg["mean"], dcfg["std"]))[0, 0]
+
+        def clip_img(im):
+            return clip_model.encode_image(preprocess(im, csize, 1.0, ccfg["mean"], ccfg["std"]))[0]
+
+        def clip_txt(text):
+            return clip_model.encode_text(tok([text]))[0]
+
+        expect = {}
+        for sid in outputs:
+            subject = sid.split("/")[0]
+            gen = Image.open(tmp_path / "out/m" / f"{sid}.png").convert("RGB")
+            reals = [Image.open(f).convert("RGB") for f in sorted((root / subject).glob("*.jpg"))]
+            expect[sid] = {
+                "DINO": sum(cos(dino(gen), dino(r)) for r in reals) / len(reals),
+                "CLIP-I": sum(cos(clip_img(gen), clip_img(r)) for r in reals) / len(reals),
+                "CLIP-T": cos(clip_img(gen), clip_txt(f"a {subject} in the jungle")),  # the class noun, no token
+            }
+    for m in ("DINO", "CLIP-I", "CLIP-T"):
+        assert res.metrics[m] == pytest.approx(sum(e[m] for e in expect.values()) / 3, abs=1e-5), m
+        assert res.per_task["dog"][m] == pytest.approx(expect["dog/00_0"][m], abs=1e-5), m
+        assert res.per_task["backpack"][m] == pytest.approx((expect["backpack/00_0"][m] + expect["backpack/00_1"][m]) / 2, abs=1e-5)
+    assert len({round(e["DINO"], 4) for e in expect.values()}) == 3  # the images differ to the models
+    assert res.meta["dino_backbone"] == {"model": "test_vit", "weights": str(tmp_path / "dino.safetensors")}
+    assert res.meta["clip_backbone"]["model"] == f"local-dir:{tmp_path / 'clip'}"
+    assert res.counts["dog"] == {"n": 2, "scored": 1, "failed": 0, "missing": 1}

@@ -151,13 +151,20 @@ def test_score_equals_hand_computation_and_counts_failures(tmp_path, data_dir, m
                                   backoff_s=0.01, max_retries=1, parse_retries=1, concurrency=3)
         b = bench(data_dir["parquet"], judge=judge, prompts=str(module.parent.parent))
         write_outputs(b, out, "m")
+        stray = out / "m/fullset/subject-add/en"
+        solid("red").save(stray / ("e" * 32 + ".jpg"))  # e's output in the wrong format: e stays missing
+        solid("red").save(stray / ("d" * 32 + "_SRCIMG.png"))  # the judge's source, written by generate: ours
+        solid("red").save(out / "m/fullset/subject-add/cn.png")  # outside the scanned layout: not an output
         full, inter = b.score(out, model_name="m")
         n_requests = len(server.requests)
-        assert n_requests == 6 * 2 + 1  # 6 outputs x (SC, PQ), plus one retry of the unparsable SC reply
-        assert all(r.text.startswith("TEST-CONTEXT") for r in server.requests)  # the official module's text
+        assert len(server.judged) == 6 * 2 + 1  # 6 outputs x (SC, PQ), plus one retry of the unparsable SC reply
+        assert server.preflights == 1 and server.requests[0].is_preflight  # checked endpoint, key, model first
+        assert full.meta["judge_calls"] == n_requests == 14 and full.meta["judge_preflight_calls"] == 1
+        assert all(r.text.startswith("TEST-CONTEXT") for r in server.judged)  # the official module's text
         assert any("TEST-TIE-SC instruction: instruction for color_alter aaaa" in r.text for r in server.requests)
         again = bench(data_dir["parquet"], judge=judge, prompts=str(module)).score(out, model_name="m")
-        assert len(server.requests) == n_requests  # the rerun is served from the cache
+        assert len(server.requests) == n_requests  # the rerun is served from the cache: no call, no preflight
+        assert again[0].meta["judge_calls"] == 0 and again[0].meta["judge_cache_hits"] == 12
     assert [r.to_dict()["metrics"] for r in again] == [full.metrics, inter.metrics]
     assert not marker.exists()
 
@@ -188,6 +195,8 @@ def test_score_equals_hand_computation_and_counts_failures(tmp_path, data_dir, m
 
     meta = full.meta
     assert meta["complete"] is False and (meta["n"], meta["scored"], meta["failed"], meta["missing"]) == (7, 5, 1, 1)
+    assert meta["missing_outputs"] == ["fullset/subject-add/en/" + "e" * 32 + ".png"]
+    assert meta["extra"] == 1 and meta["extra_outputs"] == ["fullset/subject-add/en/" + "e" * 32 + ".jpg"]
     assert meta["prompts"] == "official" and meta["prompts_path"] == str(module.resolve())
     assert meta["judge_model"] == "test-judge" and meta["judge_backend"] == "openai_api"
     assert meta["judge_model_versions"] == ["judge-test-2025-01-01"] and meta["language"] == "en"

@@ -12,8 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import BenchmarkDataError
 from benchmarks.judges.base import (
-    JudgeError, JudgeFatalError, JudgeRequest, JudgeRunner, ReplyParseError, parse_criteria, parse_score_json,
-    parse_single_score,
+    JudgeError, JudgeFatalError, JudgeRequest, JudgeRunner, ReplyParseError, parse_score_json, preflight, scrub,
 )
 from benchmarks.judges.cache import JudgeCache, image_digest, request_key
 from benchmarks.judges.openai_api import OpenAIJudge, OpenAIJudgeConfig
@@ -21,7 +20,10 @@ from benchmarks.judges.prompts import (
     OFFICIAL, UNOFFICIAL, imgedit_prompts, read_string_constants, uge_prompt, viescore_prompts,
 )
 from tests.bench_fixtures import VIE_TEST_CONSTANTS, solid, write_code_with_prompts
-from tests.judge_server import ChatServer, error, malformed, reply, slow
+from benchmarks.imgedit import official_line_scores
+from tests.judge_server import (
+    ChatServer, Response, binary, echo, empty_body, error, free_port_url, malformed, reply, slow, undecodable,
+)
 
 SECRET = "sk-test-Zq81-SECRET-do-not-leak"
 GOOD = '{"score": [7, 4], "reasoning": "fine"}'
@@ -70,25 +72,6 @@ def test_parse_score_json_rejects_what_it_cannot_trust(text):
         parse_score_json(text, 2)
 
 
-def test_parse_criteria_reads_imgedit_lines():
-    text = "Brief reasoning: colour changed, slight halo.\nPrompt Compliance: 4\n**Visual Seamlessness**: 3\nDetail Fidelity: 5/5"
-    assert parse_criteria(text, 3) == [("Prompt Compliance", 4), ("Visual Seamlessness", 3), ("Detail Fidelity", 5)]
-    with pytest.raises(ReplyParseError, match="expected 3"):
-        parse_criteria("Brief reasoning: x\nPrompt Compliance: 4\nVisual Seamlessness: 3", 3)
-    with pytest.raises(ReplyParseError, match="outside"):
-        parse_criteria("A: 4\nB: 3\nC: 9", 3)
-
-
-def test_parse_single_score_finds_the_score_on_the_reasoning_line():
-    # The official UGE parser needs the score alone on its line and would drop this reply.
-    assert parse_single_score("Brief reasoning: partly followed. Score: 2.") == 2
-    assert parse_single_score("Brief reasoning: ok.\nScore: 3 (Acceptable)") == 3
-    with pytest.raises(ReplyParseError):
-        parse_single_score("Brief reasoning: no score given")
-    with pytest.raises(ReplyParseError):
-        parse_single_score("Score: 0")
-
-
 # ---------------------------------------------------------------------------------------------
 # The API client against a real server
 
@@ -121,7 +104,8 @@ def test_retries_on_500_429_malformed_and_slow_replies(key_env):
     with ChatServer(lambda r: reply(GOOD)) as server:
         judge = OpenAIJudge(api_cfg(server, key_env, max_retries=4, timeout_s=0.5))
         server.script(error(500), error(429, retry_after=0.01), malformed(), slow(1.5))
-        assert judge.complete(REQ).text == GOOD
+        got = judge.complete(REQ)
+    assert got.text == GOOD and got.requests == 5
     assert len(server.requests) == 5  # four failures, then the good reply
 
 
@@ -146,8 +130,9 @@ def test_client_errors_fail_the_request_without_retry_and_auth_errors_stop_the_r
 
 def test_missing_key_names_the_variable(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    judge = OpenAIJudge(OpenAIJudgeConfig(api_key_env="NO_SUCH_KEY_VAR"))  # needed only for a request
     with pytest.raises(JudgeFatalError, match="NO_SUCH_KEY_VAR"):
-        OpenAIJudge(OpenAIJudgeConfig(api_key_env="NO_SUCH_KEY_VAR"))
+        judge.complete(REQ)
     judge = OpenAIJudge(OpenAIJudgeConfig(api_key_env=""))  # a local server without auth
     assert SECRET not in repr(judge)
 
@@ -208,6 +193,124 @@ def test_transport_failures_are_cached_as_failed_and_not_retried_by_default(tmp_
         assert not v2.ok and v2.cached and len(server.requests) == 2
 
 
+def test_undecodable_binary_and_empty_bodies_are_retried_then_failed_never_a_crash(tmp_path, key_env):
+    with ChatServer(lambda r: reply(GOOD)) as server:
+        judge = OpenAIJudge(api_cfg(server, key_env, max_retries=3))
+        server.script(undecodable(), binary(), empty_body())
+        got = judge.complete(REQ)
+        assert got.text == GOOD and got.requests == 4
+    with ChatServer(lambda r: undecodable()) as server:
+        runner = JudgeRunner(OpenAIJudge(api_cfg(server, key_env, max_retries=2)), JudgeCache(tmp_path), parse_retries=1)
+        v = runner.ask(REQ, parse2)
+        assert not v.ok and "malformed API response" in v.error and "3 attempts" in v.error
+        assert runner.stats.calls == len(server.requests) == 3 and runner.stats.failed == 1
+    (entry,) = [json.loads(f.read_text(encoding="utf-8")) for f in tmp_path.rglob("*.json")]
+    assert entry["reply"] is None and "malformed" in entry["error"]
+    # a 200 whose message is binary junk (valid JSON, lone surrogates) is unparsable, stored as valid UTF-8
+    with ChatServer(lambda r: Response(raw=b'{"choices": [{"message": {"content": "\\udcff\\u0000 \\ud800"}}]}')) as server:
+        runner = JudgeRunner(OpenAIJudge(api_cfg(server, key_env)), JudgeCache(tmp_path / "b"), parse_retries=1)
+        v = runner.ask(REQ, parse2)
+        assert not v.ok and "unparsable" in v.error and runner.stats.calls == 2
+    assert all(json.loads(f.read_bytes().decode("utf-8")) for f in (tmp_path / "b").rglob("*.json"))
+
+
+def test_judge_calls_count_every_http_request_and_cache_hits_apart(tmp_path, key_env):
+    """The count the issue found short (47 reported, 50 made): transport retries are calls too."""
+    with ChatServer(lambda r: reply(GOOD)) as server:
+        cfg = api_cfg(server, key_env, max_retries=3)
+        server.script(error(500), error(503), error(429, retry_after=0.01))  # the first question needs 4 requests
+        runner = JudgeRunner(OpenAIJudge(cfg), JudgeCache(tmp_path), parse_retries=0, preflight=True)
+        names = ["a", "b", "c"]
+        runner.run(names, lambda n: (JudgeRequest(f"sample {n}", (solid("green"),)), parse2))
+        assert runner.stats.calls == len(server.requests) == 1 + 4 + 1 + 1  # preflight, a (3 errors + reply), b, c
+        assert runner.stats.preflight_calls == 1 and runner.stats.cache_hits == 0
+        again = JudgeRunner(OpenAIJudge(cfg), JudgeCache(tmp_path), preflight=True)
+        again.run(names, lambda n: (JudgeRequest(f"sample {n}", (solid("green"),)), parse2))
+        assert again.stats.calls == 0 and again.stats.cache_hits == 3 and len(server.requests) == 7  # no preflight either
+
+
+def test_no_secret_in_anything_stored_or_raised_when_the_server_echoes_headers(tmp_path, key_env, capsys):
+    echoed_raw = lambda r: Response(raw=("\n".join(f"{k}: {v}" for k, v in r.headers.items())).encode())  # noqa: E731
+    cache = JudgeCache(tmp_path / "cache")
+    texts = []
+    with ChatServer(lambda r: echo(200)) as server:  # 200 whose message is the request's headers
+        runner = JudgeRunner(OpenAIJudge(api_cfg(server, key_env)), cache, parse_retries=1)
+        v = runner.ask(JudgeRequest("echo-200", (solid("red"),)), parse2)
+        assert not v.ok and "Authorization: Bearer ***" in v.reply
+        texts += [v.reply, v.error]
+    for status in (500, 400):  # error bodies that echo the headers
+        with ChatServer(lambda r, st=status: echo(st)) as server:
+            runner = JudgeRunner(OpenAIJudge(api_cfg(server, key_env, max_retries=1)), cache)
+            v = runner.ask(JudgeRequest(f"echo-{status}", (solid("red"),)), parse2)
+            assert not v.ok and f"HTTP {status}" in v.error
+            texts.append(v.error)
+    with ChatServer(echoed_raw) as server:  # a 200 that is not JSON and holds the headers
+        runner = JudgeRunner(OpenAIJudge(api_cfg(server, key_env, max_retries=0)), cache)
+        v = runner.ask(JudgeRequest("echo-raw", (solid("red"),)), parse2)
+        assert not v.ok and "malformed" in v.error
+        texts.append(v.error)
+    with ChatServer(key="not-this-one") as server:  # a 401 that echoes the Authorization header: fatal, message clean
+        with pytest.raises(JudgeFatalError) as exc:
+            JudgeRunner(OpenAIJudge(api_cfg(server, key_env)), cache).ask(REQ, parse2)
+        texts.append(str(exc.value))
+        with pytest.raises(JudgeFatalError) as exc:
+            OpenAIJudge(api_cfg(server, key_env)).preflight()
+        texts.append(str(exc.value))
+    stored = [f.read_text(encoding="utf-8") for f in (tmp_path / "cache").rglob("*.json")]
+    assert len(stored) == 4
+    everything = "\n".join(texts + stored + list(capsys.readouterr()))
+    assert SECRET not in everything and "Bearer ***" in everything
+    assert "Bearer sk" not in everything
+
+
+def test_scrub_removes_keys_and_header_values():
+    text = 'headers: {"Authorization": "Bearer sk-live-123456789", "api-key": "azure-987654321"} then sk-live-123456789.'
+    out = scrub(text, ["sk-live-123456789"])
+    assert "123456789" not in out and "987654321" not in out
+    assert scrub("Prompt Compliance: 4", ["EMPTY"]) == "Prompt Compliance: 4"  # short placeholders are not secrets
+    assert scrub("ok \udcff", []) == "ok ?"
+
+
+def test_preflight_names_what_to_fix(monkeypatch, key_env):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(JudgeFatalError, match="NO_SUCH_KEY_VAR is not set"):
+        preflight(OpenAIJudgeConfig(api_key_env="NO_SUCH_KEY_VAR"))
+    with ChatServer(key="another-key-entirely", models={"test-judge"}) as server:
+        with pytest.raises(JudgeFatalError, match=r"the key in \$JUDGE_TEST_KEY was rejected \(HTTP 401.*check judge.api_key_env") as exc:
+            preflight(api_cfg(server, key_env))
+        assert SECRET not in str(exc.value) and "\n" not in str(exc.value)
+        with pytest.raises(JudgeFatalError, match="server wants a key; set judge.api_key_env"):
+            preflight(api_cfg(server, ""))
+    with ChatServer(key=SECRET, models={"test-judge"}, script_preflight=True) as server:
+        assert preflight(api_cfg(server, key_env)) == 1
+        with pytest.raises(JudgeFatalError, match=r"no model 'gpt-4.1-typo' there \(HTTP 404.*check judge.model"):
+            preflight(api_cfg(server, key_env, model="gpt-4.1-typo"))
+        server.script(error(503), error(500))
+        assert preflight(api_cfg(server, key_env)) == 3  # transient answers are tried again
+        last = server.requests[-1].body
+        assert last["max_tokens"] == 1 and last["model"] == "test-judge" and "image_url" not in json.dumps(last)
+    unreachable = OpenAIJudgeConfig(model="m", base_url=free_port_url(), api_key_env="", backoff_s=0.01)
+    with pytest.raises(JudgeFatalError, match=r"cannot reach the endpoint .*check judge.base_url"):
+        preflight(unreachable)
+
+
+def test_passes_average_independent_replies_each_cached_under_its_own_key(tmp_path, key_env):
+    with ChatServer(lambda r: reply('{"score": [%d, 9], "reasoning": ""}' % (r.body["seed"] - 40))) as server:
+        cfg = api_cfg(server, key_env, seed=42, passes=3)
+        runner = JudgeRunner(OpenAIJudge(cfg), JudgeCache(tmp_path), parse_retries=0, passes=3)
+        v = runner.ask(REQ, parse2)
+        assert [r.body["seed"] for r in server.requests] == [42, 43, 44]  # pass p sends seed + p
+        assert v.ok and v.value == [(2 + 3 + 4) / 3, 9.0] and len(v.replies) == 3
+        assert len(list(tmp_path.rglob("*.json"))) == 3
+        single = JudgeRunner(OpenAIJudge(api_cfg(server, key_env)), JudgeCache(tmp_path), parse_retries=0)
+        assert single.ask(REQ, parse2).value == [2.0, 9.0] and single.stats.calls == 0  # pass 0 = the one-pass key
+        again = JudgeRunner(OpenAIJudge(cfg), JudgeCache(tmp_path), passes=3)
+        assert again.ask(REQ, parse2).value == v.value and again.stats.calls == 0 and again.stats.cache_hits == 3
+        server.script(reply("no score"))  # one pass unusable: the question fails, naming the pass
+        v2 = runner.ask(JudgeRequest("another", (solid("red"),)), parse2)
+        assert not v2.ok and v2.error.startswith("pass 0: unparsable")
+
+
 def test_cache_key_covers_prompt_images_and_decoding():
     ident = OpenAIJudge(OpenAIJudgeConfig(api_key_env="")).identity()
     d = [image_digest(im) for im in REQ.images]
@@ -265,8 +368,10 @@ def test_own_prompts_have_the_official_structure_and_are_marked_unofficial():
     assert own.source == UNOFFICIAL and all("<edit_prompt>" in p for p in own.by_type.values())
     # the answer format the harness's prompts ask for is the one its parsers read
     example = "\n".join(l.replace("<1-5>", "4") for l in own.by_type["add"].splitlines()[-4:])
-    assert [v for _, v in parse_criteria(example, 3)] == [4, 4, 4]
+    assert [v for _, v in official_line_scores(example)] == [4, 4, 4]  # what step1_get_avgscore.py counts
     assert uge_prompt(None).source == UNOFFICIAL and "Score: <1-5>" in uge_prompt(None).text
+    uge_example = uge_prompt(None).text.splitlines()[-2:]
+    assert official_line_scores("\n".join(l.replace("<1-5>", "3").replace("<at most 20 words>", "ok") for l in uge_example)) == [("Score", 3)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +396,14 @@ def test_local_vlm_judge_on_a_tiny_random_model_records_failures(tmp_path):
     assert again.stats.calls == 0 and again.stats.failed == 2
 
 
-def test_local_vlm_judge_bad_path_is_fatal(tmp_path):
+def test_local_vlm_judge_bad_path_is_fatal_at_preflight_and_is_loaded_only_when_asked(tmp_path):
     from benchmarks.judges.local_vlm import LocalVLMJudge, LocalVLMJudgeConfig
+    from tests.bench_fixtures import tiny_llava
 
-    with pytest.raises(JudgeFatalError, match="cannot load"):
-        LocalVLMJudge(LocalVLMJudgeConfig(model=str(tmp_path / "nothing")))
+    judge = LocalVLMJudge(LocalVLMJudgeConfig(model=str(tmp_path / "nothing")))  # nothing loaded yet
+    with pytest.raises(JudgeFatalError, match="judge.model: cannot load"):
+        judge.preflight()
+    with pytest.raises(JudgeFatalError, match="judge.model: cannot load"):
+        judge.complete(REQ)
+    ok = LocalVLMJudge(LocalVLMJudgeConfig(model=str(tiny_llava(tmp_path / "llava")), max_new_tokens=2, device="cpu"))
+    assert ok.preflight() == 0 and ok.net is None

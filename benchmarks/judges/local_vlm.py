@@ -2,11 +2,13 @@
 AutoModelForImageTextToText + AutoProcessor, the model's own chat template, greedy decoding with
 the seed reset before every request (as the official Qwen2.5-VL judge does, seed 42).
 Requests run one at a time; `device_map: auto` spreads a large model over the visible GPUs.
+The model is loaded on the first request, so an evaluation answered from the cache never loads it;
+`preflight()` only checks that its config can be read.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from benchmarks.judges.base import JudgeError, JudgeFatalError, JudgeReply, JudgeRequest
@@ -20,7 +22,9 @@ class LocalVLMJudgeConfig:
     model: str = ""  # folder saved with save_pretrained (or a hub id already in the local HF cache)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_new_tokens: int = 512
-    seed: int = 42
+    seed: int = 42  # pass p of a question uses seed + p
+    # Independent replies per question, averaged (greedy decoding repeats itself: useful only with sampling).
+    passes: int = field(default=1, metadata={"hash": "unless_default"})
     images_first: bool = True  # the official Qwen2.5-VL judge puts the images before the text
     device: str = nohash("auto", help="auto | cpu | cuda | cuda:N (ignored when device_map is set)")
     device_map: str = nohash("", help="e.g. 'auto' to shard a large judge over all visible GPUs")
@@ -33,6 +37,8 @@ class LocalVLMJudgeConfig:
             raise ValueError("judge.model must be set to the judge's folder (or hub id in the local cache)")
         if self.max_new_tokens < 1:
             raise ValueError(f"judge.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.passes < 1:
+            raise ValueError(f"judge.passes must be >= 1, got {self.passes}")
 
 
 class LocalVLMJudge:
@@ -40,45 +46,63 @@ class LocalVLMJudge:
     concurrency = 1
 
     def __init__(self, cfg: LocalVLMJudgeConfig):
+        self.cfg = cfg
+        self.model = cfg.model
+        self._lock = threading.Lock()
+        self.net = None
+
+    def preflight(self) -> int:
+        """The judge's config can be read (no weights are loaded, no request is made)."""
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(self.cfg.model)
+        except (OSError, ValueError) as e:
+            raise JudgeFatalError(f"judge.model: cannot load a transformers VLM from {self.cfg.model!r}: "
+                                  f"{' '.join(str(e).split())[:300]}") from None
+        return 0
+
+    def _load(self) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.cfg = cfg
-        self.model = cfg.model
-        self._torch = torch
-        self._lock = threading.Lock()
+        cfg = self.cfg
         dtype = {"auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[cfg.dtype]
         kwargs: dict[str, Any] = {"dtype": dtype}
         if cfg.device_map:
             kwargs["device_map"] = cfg.device_map
         try:
             self.processor = AutoProcessor.from_pretrained(cfg.model)
-            self.net = AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs).eval()
+            net = AutoModelForImageTextToText.from_pretrained(cfg.model, **kwargs).eval()
         except (OSError, ValueError) as e:
             raise JudgeFatalError(f"judge.model: cannot load a transformers VLM from {cfg.model!r}: {e}") from e
         if not cfg.device_map:
             device = cfg.device
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.net.to(device)
-        self.device = next(self.net.parameters()).device
+            net.to(device)
+        self.device = next(net.parameters()).device
+        self.net = net
 
     def identity(self) -> dict[str, Any]:
         c = self.cfg
         return {"backend": self.backend, "model": c.model, "dtype": c.dtype, "decoding": "greedy",
                 "max_new_tokens": c.max_new_tokens, "seed": c.seed, "images_first": c.images_first}
 
-    def complete(self, request: JudgeRequest) -> JudgeReply:
-        torch = self._torch
+    def complete(self, request: JudgeRequest, pass_index: int = 0) -> JudgeReply:
+        import torch
+
         images = [{"type": "image"} for _ in request.images]
         text = [{"type": "text", "text": request.prompt}]
         messages = [{"role": "user", "content": images + text if self.cfg.images_first else text + images}]
         with self._lock, torch.inference_mode():
+            if self.net is None:
+                self._load()
             try:
                 prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
                 inputs = self.processor(text=[prompt], images=[im.convert("RGB") for im in request.images] or None,
                                         return_tensors="pt").to(self.device, dtype=self.net.dtype)
-                torch.manual_seed(self.cfg.seed)
+                torch.manual_seed(self.cfg.seed + pass_index)
                 out = self.net.generate(**inputs, do_sample=False, max_new_tokens=self.cfg.max_new_tokens)
             except (RuntimeError, ValueError) as e:  # e.g. out of memory on one very large image
                 raise JudgeError(f"local judge failed: {e}") from e

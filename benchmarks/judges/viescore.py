@@ -3,7 +3,8 @@
 Task "tie" (text-guided image editing): the SC request shows [source, edited] with the instruction;
 task "sdig" (subject-driven generation): [subject image, generated] with the text prompt. The PQ
 request shows the output alone. Both replies are JSON {"score": [s1, s2], "reasoning": ...}. A
-sample is scored only when both replies parse; otherwise it is failed, with the reason kept.
+sample is scored only when both replies parse; otherwise it is failed, with the reason kept. With
+`judge.passes: N` each question's sub-scores are the means over its N replies, then min and sqrt.
 """
 from __future__ import annotations
 
