@@ -15,8 +15,9 @@ FILES = sorted((REPO / "sweeps").rglob("*.yaml"))
 def test_shipped_file_expands(path, tmp_path):
     if "params" in yaml.safe_load(path.read_text()):
         tuner = T.Tuner(path, tmp_path)
-        first = {k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in tuner.cfg.params.items()}
-        assert tuner.plan(first).config is not None
+        for v in tuner.cfg.all_variants():
+            first = {k: (p.choices[0] if p.type == "categorical" else p.low) for k, p in tuner.cfg.space(v).items()}
+            assert tuner.plan(first, v).config is not None
         return
     sw = S.load_sweep(path, tmp_path)
     planned = S.expand(sw)
