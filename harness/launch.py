@@ -40,10 +40,16 @@ class LauncherConfig:
     setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load ...)
 
     def validate(self) -> None:
-        if self.timeout_min < 1:
-            raise ValueError(f"launcher.timeout_min must be >= 1, got {self.timeout_min}")
-        if self.array_parallelism < 1:
-            raise ValueError(f"launcher.array_parallelism must be >= 1, got {self.array_parallelism}")
+        from harness.config import check_range
+
+        check_range(self, "timeout_min", ge=1)
+        check_range(self, "array_parallelism", ge=1)
+        check_range(self, "gpus_per_node", ge=0)
+        check_range(self, "tasks_per_node", ge=0, note="0 = one per GPU")
+        check_range(self, "nodes", ge=1)
+        check_range(self, "cpus_per_task", ge=1)
+        check_range(self, "mem_gb", ge=0, note="0 = the cluster's default")
+        check_range(self, "max_requeues", ge=0)
 
 
 def resolve_cluster(cluster: str) -> str:
@@ -234,14 +240,6 @@ def job_alive(status: dict[str, Any]) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process whose parent died may linger as a zombie where nothing reaps it
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    from harness.runstore import pid_alive
+
+    return pid_alive(pid)
