@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         load_plugins(cfg.plugins)
         raw, keys = C.resolve_dict({"name": args.benchmark}, args.options)
         bcfg = C.build_section(BENCHMARKS, raw, "command line", "benchmark", keys)
+        from harness.preflight import check_benchmark
+
+        check_benchmark(bcfg, "benchmark")  # a missing benchmark path fails before the model loads
     except (C.ConfigError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
