@@ -177,8 +177,10 @@ class RunLock:
                 self._thread.start()
                 return
             holder = self.read()
-            if holder is None:  # released a moment ago
-                continue
+            if holder is None:
+                if not self.path.exists():  # released a moment ago
+                    continue
+                holder = {}  # unreadable (not written by this class): judged by its age alone
             if self._holder_alive(holder):
                 raise RunLocked(f"{self.path.parent}: another process is training this run: {describe_holder(holder)}; "
                                 f"wait for it to finish, or stop it and run the same command again")
@@ -235,7 +237,7 @@ class RunLock:
             time.sleep(0.05)
             return
         try:
-            if self.read() == holder:
+            if (self.read() or {}) == holder and self.path.exists():
                 warn(f"{self.path.parent}: taking over the run lock of {describe_holder(holder)}: that process is gone")
                 self.path.unlink(missing_ok=True)
         finally:
@@ -251,6 +253,8 @@ class RunLock:
 
 
 def describe_holder(h: dict[str, Any]) -> str:
+    if not h:
+        return "an unreadable lock file"
     job = f", SLURM job {h['slurm_job']}" if h.get("slurm_job") else ""
     return f"host {h.get('host')}, PID {h.get('pid')}{job}, since {h.get('since')}"
 

@@ -23,6 +23,7 @@ from tests.helpers import FIT_BASE, fit_sweep, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+LIMIT = 1200  # seconds: a bound on each wait, far above what it takes on an idle 2-core machine
 
 # NP-Edit on the built-in world, small enough for seconds: 4 identity-warmup steps, 4 single-step
 # ones, 4 unrolled ones, a checkpoint after every step, no benchmark at the end
@@ -45,15 +46,30 @@ def procs():
 
 
 def start(procs, args: list[str], cwd: Path) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, *args], cwd=cwd, env=ENV, start_new_session=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """A process whose output goes to files (a pipe nobody reads while it runs could fill and stall it)."""
+    n = len(procs)
+    out, err = cwd / f"proc{n}.out", cwd / f"proc{n}.err"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        p = subprocess.Popen([sys.executable, *args], cwd=cwd, env=ENV, start_new_session=True, stdout=fo, stderr=fe)
+    p.out_path, p.err_path = out, err
     procs.append(p)
     return p
 
 
-def wait_for(condition, what: str, timeout: float = 120.0, poll: float = 0.01) -> None:
+def finish(p: subprocess.Popen, timeout: float | None = None) -> tuple[str, str]:
+    """Wait for `p` (LIMIT seconds at most) and return its stdout and stderr."""
+    p.wait(timeout=timeout or LIMIT)
+    return p.out_path.read_text(), p.err_path.read_text()
+
+
+def wait_for(condition, what: str, proc: subprocess.Popen | None = None, timeout: float = LIMIT,
+             poll: float = 0.01) -> None:
+    """Until `condition()`; fails when `proc` exits first (with its output) or after `timeout`."""
     deadline = time.time() + timeout
     while not condition():
+        if proc is not None and proc.poll() is not None:
+            out, err = finish(proc)
+            pytest.fail(f"{what}: the process ended first (exit {proc.returncode}): {out[-2000:]} {err[-4000:]}")
         assert time.time() < deadline, f"{what}: not within {timeout:.0f} s"
         time.sleep(poll)
 
@@ -103,28 +119,28 @@ def test_kill_9_in_each_phase_of_np_edit_resumes_to_identical_weights(procs, tmp
     """Killed in the identity warmup, then in the single-step phase, then in the unrolled phase,
     each time resumed by the same command: the final weights, optimizer and RNG states equal those of
     the run never interrupted, and every step is logged once."""
-    from harness.train import main
-
-    ref_runs = tmp_path / "ref"
-    assert main([*TOY, "--runs-dir", str(ref_runs)]) == 0
-    [ref] = [RunDir(p) for p in (ref_runs / "train").iterdir()]
-
+    # the reference, never interrupted, in a process of its own like the others (same torch threads)
+    reference = start(procs, ["-m", "harness.train", *TOY, "--runs-dir", str(tmp_path / "ref")], tmp_path)
     runs = tmp_path / "runs"
     cmd = ["-m", "harness.train", *TOY, "--runs-dir", str(runs)]
-    rd = RunDir(runs / "train" / ref.id)
+    run_id = C.config_hash(C.load_run_config(TOY[0], TOY[1:]))
+    rd = RunDir(runs / "train" / run_id)
     stderr = []
     # (kill once this checkpoint exists, the phase's steps): warmup 0-3, single-step 4-7, unrolled 8-11
     for kill_after, phase in ((1, range(1, 4)), (5, range(5, 8)), (9, range(9, 12))):
         p = start(procs, cmd, tmp_path)
-        wait_for(lambda: latest_step(rd) >= kill_after, f"checkpoint {kill_after}")
+        wait_for(lambda: latest_step(rd) >= kill_after, f"checkpoint {kill_after}", p)
         os.kill(p.pid, signal.SIGKILL)
-        _, err = p.communicate()
-        stderr.append(err)
+        p.wait()
+        stderr.append(p.err_path.read_text())
         assert latest_step(rd) in phase, (latest_step(rd), phase)  # killed inside the phase
         assert S.run_state(rd) == "todo" and not rd.is_done()
     p = start(procs, cmd, tmp_path)
-    _, err = p.communicate(timeout=300)
+    _, err = finish(p)
     assert p.returncode == 0, err
+    _, ref_err = finish(reference)
+    assert reference.returncode == 0, ref_err
+    ref = RunDir(tmp_path / "ref" / "train" / run_id)
     assert "taking over the run lock" in err and "that process is gone" in err  # kill -9 left it behind
     assert rd.is_done() and not (rd.path / "lock").exists()
     assert [r["step"] for r in rd.read_metrics()] == list(range(1, 13))
@@ -152,9 +168,9 @@ def test_ctrl_c_marks_the_run_interrupted_with_a_checkpoint_and_a_plain_rerun_re
     rd = RunDir(tmp_path / "runs" / "train" / clean.id)
     cmd = ["-m", "harness.train", str(cfg), "--runs-dir", str(tmp_path / "runs")]
     p = start(procs, cmd, tmp_path)
-    wait_for(lambda: len(rd.read_metrics()) >= 12, "step 12")  # between two periodic checkpoints
+    wait_for(lambda: len(rd.read_metrics()) >= 12, "step 12", p)  # between two periodic checkpoints
     os.kill(p.pid, signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    _, err = finish(p)
     assert p.returncode == 130, err
     st = rd.read_status()
     assert st["state"] == "interrupted" and st["signal"] == "SIGINT"
@@ -164,24 +180,47 @@ def test_ctrl_c_marks_the_run_interrupted_with_a_checkpoint_and_a_plain_rerun_re
     assert not (rd.path / "lock").exists()
 
     p = start(procs, cmd, tmp_path)
-    _, err = p.communicate(timeout=120)
+    _, err = finish(p)
     assert p.returncode == 0, err
     assert [r["step"] for r in rd.read_metrics()] == list(range(1, 31))
     assert (rd.path / "starts.log").read_text().count("\n") == 2
     assert_same_state(rd, clean)
 
 
+def test_a_second_process_on_a_run_exits_at_once_naming_the_holder(procs, tmp_path):
+    cfg = fit_config(tmp_path, steps=20)
+    cmd = ["-m", "harness.train", str(cfg), "--runs-dir", str(tmp_path / "runs")]
+    holder = start(procs, cmd, tmp_path)
+    wait_for(lambda: any(p.is_dir() and RunDir(p).read_metrics() for p in (tmp_path / "runs" / "train").glob("*")),
+             "the first process training", holder)
+    os.kill(holder.pid, signal.SIGSTOP)  # it holds the run while the second one starts, however long that takes
+    try:
+        second = start(procs, cmd, tmp_path)
+        _, err = finish(second)
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+    assert second.returncode == 2
+    line = one_line_error(err.split("\n", 1)[1])  # after the 'run <id>: <folder>' line
+    assert "another process is training this run" in line and f"host {socket.gethostname()}, PID {holder.pid}" in line
+    _, err = finish(holder)
+    assert holder.returncode == 0, err
+    [rd] = [RunDir(p) for p in (tmp_path / "runs" / "train").iterdir()]
+    assert (rd.path / "starts.log").read_text().count("\n") == 1
+    assert [r["step"] for r in rd.read_metrics()] == list(range(1, 21))
+
+
 def test_two_concurrent_starts_leave_one_training(procs, tmp_path):
     cfg = fit_config(tmp_path, steps=20)
     cmd = ["-m", "harness.train", str(cfg), "--runs-dir", str(tmp_path / "runs")]
     a, b = start(procs, cmd, tmp_path), start(procs, cmd, tmp_path)
-    outs = {p.pid: p.communicate(timeout=120) for p in (a, b)}
-    codes = sorted((p.returncode, p.pid) for p in (a, b))
-    assert [c for c, _ in codes] == [0, 2], outs
-    winner, loser = codes[0][1], codes[1][1]
-    line = one_line_error(outs[loser][1])
-    assert "another process is training this run" in line
-    assert f"host {socket.gethostname()}, PID {winner}" in line
+    outs = {p.pid: finish(p) for p in (a, b)}
+    codes = {p.pid: p.returncode for p in (a, b)}
+    # one trains; the other finds it training (exit 2, naming it) or, if it came late, finished
+    assert sorted(codes.values()) in ([0, 0], [0, 2]), outs
+    for pid, code in codes.items():
+        if code == 2:
+            other = next(q for q in codes if q != pid)
+            assert f"PID {other}" in one_line_error(outs[pid][1].split("\n", 1)[1])
     [rd] = [RunDir(p) for p in (tmp_path / "runs" / "train").iterdir()]
     assert rd.is_done() and (rd.path / "starts.log").read_text().count("\n") == 1  # one trained
     assert [r["step"] for r in rd.read_metrics()] == list(range(1, 21))  # logged once, not twice
@@ -276,12 +315,12 @@ def test_ctrl_c_on_a_local_sweep_stops_its_jobs_and_a_plain_rerun_resumes(procs,
     cmd = ["-m", "harness.sweep", str(path), "--cluster", "local", "--runs-dir", str(runs)]
     [pr] = S.expand(S.load_sweep(path, runs))
     p = start(procs, cmd, tmp_path)
-    wait_for(lambda: len(pr.dir.read_metrics()) >= 12, "step 12")
+    wait_for(lambda: len(pr.dir.read_metrics()) >= 12, "step 12", p)
     task = int(pr.dir.read_status()["pid"])
     os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole foreground group
-    out, err = p.communicate(timeout=120)
+    out, err = finish(p)
     assert p.returncode == 130, (out, err)
-    assert "stopping 1 local runs" in out and "interrupted" in err
+    assert "interrupted: run `python -m harness.sweep" in err
     from harness.runstore import pid_alive
 
     assert not pid_alive(task)  # the sweep's job stopped with it
@@ -293,7 +332,7 @@ def test_ctrl_c_on_a_local_sweep_stops_its_jobs_and_a_plain_rerun_resumes(procs,
     assert "interrupted" in table and "resumable" in table and "interrupted: 1" in table
 
     p = start(procs, cmd, tmp_path)  # no --retry
-    out, err = p.communicate(timeout=180)
+    out, err = finish(p)
     assert p.returncode == 0, (out, err)
     assert pr.dir.is_done() and [r["step"] for r in pr.dir.read_metrics()] == list(range(1, 31))
     clean = S.load_sweep(path, tmp_path / "clean")
@@ -308,10 +347,10 @@ def test_sigterm_to_a_local_sweep_stops_its_jobs(procs, tmp_path):
     runs = tmp_path / "runs"
     planned = S.expand(S.load_sweep(path, runs))
     p = start(procs, ["-m", "harness.sweep", str(path), "--cluster", "local", "--runs-dir", str(runs)], tmp_path)
-    wait_for(lambda: all(len(pr.dir.read_metrics()) >= 3 for pr in planned), "both runs training")
+    wait_for(lambda: all(len(pr.dir.read_metrics()) >= 3 for pr in planned), "both runs training", p)
     tasks = _task_pids(planned)
     p.send_signal(signal.SIGTERM)  # the sweep alone, as a scheduler or `kill` would
-    out, err = p.communicate(timeout=120)
+    out, err = finish(p)
     assert p.returncode == 130, (out, err)
     from harness.runstore import pid_alive
 
@@ -326,12 +365,20 @@ def test_a_rerun_adopts_jobs_left_by_a_killed_sweep_within_array_parallelism(pro
     first, second = S.expand(S.load_sweep(path, runs))
     cmd = ["-m", "harness.sweep", str(path), "--cluster", "local", "--runs-dir", str(runs)]
     p = start(procs, cmd, tmp_path)
-    wait_for(lambda: latest_step(first.dir) >= 10, "the first run's checkpoint 10")
+    wait_for(lambda: latest_step(first.dir) >= 10, "the first run's checkpoint 10", p)
     os.kill(p.pid, signal.SIGKILL)  # the sweep alone: its job goes on without it
     p.wait()
     assert S.run_state(first.dir) == "running"
-    again = start(procs, cmd, tmp_path)
-    out, err = again.communicate(timeout=240)
+    orphan = int(first.dir.read_status()["pid"])
+    copy = first.dir.path.parent / "sweep.yaml"  # written again by each launch, once it has read the states
+    before = copy.stat().st_mtime_ns
+    os.kill(orphan, signal.SIGSTOP)  # still running (not finished) however long the rerun takes to start
+    try:
+        again = start(procs, cmd, tmp_path)
+        wait_for(lambda: copy.stat().st_mtime_ns != before, "the rerun's launch", again)
+    finally:
+        os.kill(orphan, signal.SIGCONT)
+    out, err = finish(again)
     assert again.returncode == 0, (out, err)
     assert "1 queued/running, launching 1" in out
     assert (first.dir.path / "starts.log").read_text().count("\n") == 1  # adopted, not started again
