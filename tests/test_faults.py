@@ -23,7 +23,9 @@ from tests.helpers import FIT_BASE, fit_sweep, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-LIMIT = 1200  # seconds: a bound on each wait, far above what it takes on an idle 2-core machine
+# seconds: a bound on each wait, far above what it takes on an idle 2-core machine (raise it on a
+# machine shared with heavier work: each process here only needs seconds of CPU)
+LIMIT = float(os.environ.get("NPEDIT_TEST_WAIT_S", 1200))
 
 # NP-Edit on the built-in world, small enough for seconds: 4 identity-warmup steps, 4 single-step
 # ones, 4 unrolled ones, a checkpoint after every step, no benchmark at the end
