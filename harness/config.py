@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -25,6 +27,37 @@ from harness import registry
 
 class ConfigError(ValueError):
     pass
+
+
+class FieldError(ValueError):
+    """A validate() error about one field of its section: the loader prefixes where the value was
+    written (file and line, or the command line) and the dotted key."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def check_range(obj: Any, name: str, *, gt: float | None = None, ge: float | None = None,
+                lt: float | None = None, le: float | None = None, note: str = "") -> None:
+    """FieldError unless getattr(obj, name) lies in the range; the message states the range."""
+    value = getattr(obj, name)
+    values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    ok = all((gt is None or v > gt) and (ge is None or v >= ge) and (lt is None or v < lt) and (le is None or v <= le)
+             for v in values)
+    if ok:
+        return
+    def num(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+    bounds = []
+    if gt is not None or ge is not None:
+        bounds.append(f"> {num(gt)}" if gt is not None else f">= {num(ge)}")
+    if lt is not None or le is not None:
+        bounds.append(f"< {num(lt)}" if lt is not None else f"<= {num(le)}")
+    kind = "an integer" if isinstance(next(iter(values), 0), int) else "a number"
+    each = "each value " if isinstance(value, (dict, list, tuple)) else ""
+    raise FieldError(name, f"got {value!r}; allowed: {each}{kind} {' and '.join(bounds)}" + (f" ({note})" if note else ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,10 +122,36 @@ class Overrides(frozenset):
         return obj
 
 
+class Source(str):
+    """The name of a config's source (a file), with where each dotted key of it was written
+    ('file:line'), so that an error points at the line."""
+
+    def __new__(cls, name: str, lines: dict[str, str] | None = None) -> "Source":
+        obj = super().__new__(cls, name)
+        obj.lines = dict(lines or {})
+        return obj
+
+
+def _line_of(source: str, key: str) -> str | None:
+    lines = getattr(source, "lines", None)
+    if not lines:
+        return None
+    k = key
+    while k:
+        if k in lines:
+            return lines[k]
+        k = k.rsplit(".", 1)[0] if "." in k else (k.rsplit("[", 1)[0] if "[" in k else "")
+    return None
+
+
+def _overridden(key: str, override_keys: frozenset[str]) -> bool:
+    return any(key == k or key.startswith((k + ".", k + "[")) for k in override_keys)
+
+
 def _where(source: str, key: str, override_keys: frozenset[str]) -> str:
-    if any(key == k or key.startswith((k + ".", k + "[")) for k in override_keys):
+    if _overridden(key, override_keys):
         return f"{getattr(override_keys, 'label', 'command-line override')}: key '{key}'"
-    return f"{source}: key '{key}'"
+    return f"{_line_of(source, key) or source}: key '{key}'"
 
 
 def _type_name(tp: Any) -> str:
@@ -144,14 +203,17 @@ def _coerce(value: Any, tp: Any, key: str, source: str, ov: frozenset[str]) -> A
             return value
         raise ConfigError(f"{_where(source, key, ov)}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads '2e-6' as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads '2e-6' as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{_where(source, key, ov)}: expected a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        raise ConfigError(f"{_where(source, key, ov)}: expected a number, got {value!r}; allowed: a finite number")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -208,9 +270,31 @@ def _from_dict(cls: type, data: Any, source: str, prefix: str, ov: frozenset[str
     if check is not None:
         try:
             check()
+        except ConfigError:
+            raise
+        except FieldError as e:
+            raise ConfigError(f"{_where(source, _join(prefix, e.field), ov)}: {e}") from None
         except (ValueError, AssertionError) as e:
-            raise ConfigError(f"{source}: section '{prefix or '<top>'}': {e}") from e
+            key = _mentioned_field(cls, str(e), prefix, ov)
+            where = _where(source, _join(prefix, key), ov) if key else f"{source}: section '{prefix or '<top>'}'"
+            raise ConfigError(f"{where}: {e}") from e
     return obj
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _mentioned_field(cls: type, message: str, prefix: str, ov: frozenset[str]) -> str | None:
+    """The field of `cls` a validate() message is about (the first it names; one set on the command
+    line first), so the message can say where its value came from."""
+    found = []
+    for f in fields(cls):
+        m = re.search(rf"(?<![\w]){re.escape(f.name)}(?![\w])", message)
+        if m:
+            found.append((m.start(), f.name))
+    names = [n for _, n in sorted(found)]
+    return next((n for n in names if _overridden(_join(prefix, n), ov)), names[0] if names else None)
 
 
 def _section(reg: registry.Registry, value: Any, source: str, prefix: str, ov: frozenset[str]) -> Any:
@@ -305,7 +389,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"command-line override {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw, f"command-line override {text!r}")[0] if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -328,14 +412,61 @@ def set_dotted(d: dict, key: str, value: Any, source: str = "command-line overri
     cur[parts[-1]] = value
 
 
-def read_yaml(path: str | Path) -> dict:
+def load_yaml(text: str, name: str) -> tuple[Any, dict[str, str]]:
+    """yaml.safe_load that refuses a key written twice in one mapping (plain YAML keeps the last
+    one silently), and says on which line each dotted key was written: (data, {key: 'name:line'})."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        lines: dict[str, str] = {}
+        _walk_yaml(node, "", name, lines)
+        return loader.construct_document(node), lines
+    finally:
+        loader.dispose()
+
+
+def _walk_yaml(node: yaml.Node, prefix: str, name: str, lines: dict[str, str]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            dotted = f"{prefix}.{key}" if prefix else key
+            if key in first:
+                raise ConfigError(f"{name}:{line}: key '{dotted}': written twice (also on line {first[key]}); "
+                                  f"YAML would keep only the last; allowed: each key once per mapping")
+            first[key] = line
+            lines[dotted] = f"{name}:{line}"
+            _walk_yaml(value_node, dotted, name, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[f"{prefix}[{i}]"] = f"{name}:{item.start_mark.line + 1}"
+            _walk_yaml(item, f"{prefix}[{i}]", name, lines)
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would write it: relative to the working directory when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def read_yaml(path: str | Path, lines: dict[str, str] | None = None) -> dict:
+    """A YAML mapping from a file (duplicate keys refused); `lines` receives where each key was written."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data, where = load_yaml(path.read_text(), _shown(path))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if lines is not None:
+        lines.update(where)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -351,12 +482,14 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """A config file with its `include:` list (paths relative to it) merged underneath it, in order."""
+def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = (), lines: dict[str, str] | None = None) -> dict:
+    """A config file with its `include:` list (paths relative to it) merged underneath it, in order.
+    `lines` receives where each dotted key of the result was written ('file:line')."""
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: include cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
-    data = read_yaml(path)
+    own: dict[str, str] = {}
+    data = read_yaml(path, own)
     includes = data.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]
@@ -367,7 +500,9 @@ def read_config_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         inc_path = path.parent / inc
         if not inc_path.exists():
             raise ConfigError(f"{path}: key 'include': file not found: {inc_path}")
-        merged = deep_merge(merged, read_config_yaml(inc_path, (*_seen, path)))
+        merged = deep_merge(merged, read_config_yaml(inc_path, (*_seen, path), lines))
+    if lines is not None:
+        lines.update(own)
     return deep_merge(merged, data)
 
 
@@ -387,8 +522,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] | dict[str, An
     """Read a run config from YAML (or `data`), apply overrides, type-check everything."""
     from harness.runconfig import RunConfig
 
-    source = source or (str(path) if path is not None else "<config>")
-    raw = read_config_yaml(path) if path is not None else (data or {})
+    lines: dict[str, str] = {}
+    raw = read_config_yaml(path, lines=lines) if path is not None else (data or {})
+    source = Source(source or (str(path) if path is not None else "<config>"), getattr(source, "lines", None) or lines)
     plugins = raw.get("plugins") or []
     raw, keys = resolve_dict(raw, overrides, label)
     plugins = raw.get("plugins") or plugins
@@ -414,7 +550,10 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
 
 __all__ = [
     "ConfigError",
+    "FieldError",
+    "Source",
     "build_section",
+    "check_range",
     "config_hash",
     "dataclass",
     "dataclasses",
@@ -427,6 +566,8 @@ __all__ = [
     "nohash",
     "poly",
     "poly_list",
+    "load_yaml",
+    "read_config_yaml",
     "read_yaml",
     "resolve_dict",
     "to_dict",

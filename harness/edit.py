@@ -16,10 +16,13 @@ import argparse
 import importlib
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from harness.data.instructions import image_problem
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -95,26 +98,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error")
     args = p.parse_args(argv)
     try:
+        if args.batch_size < 1:
+            raise EditError(f"--batch-size: got {args.batch_size}; allowed: an integer >= 1")
         jobs = _jobs(args)
-        for src_path, _, _ in jobs:
-            if not src_path.exists():
-                raise EditError(f"{src_path}: input image not found")
+        for src_path, _, dst in jobs:  # every input read before the model loads
+            problem = image_problem(src_path)
+            if problem:
+                raise EditError(f"{src_path}: input image: {problem}; allowed: an image file "
+                                f"({', '.join(sorted(IMAGE_EXTS))})")
+            if dst.suffix.lower() not in IMAGE_EXTS:
+                raise EditError(f"{dst}: output: not an image file name; allowed: {', '.join(sorted(IMAGE_EXTS))}")
         editor = load_editor(args.run, device=args.device)
     except (EditError, OSError) as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     from tqdm import tqdm
 
-    for i in tqdm(range(0, len(jobs), args.batch_size), disable=len(jobs) <= args.batch_size or not sys.stderr.isatty()):
-        chunk = jobs[i : i + args.batch_size]
-        images = [Image.open(s).convert("RGB") for s, _, _ in chunk]
-        outs = editor.edit(images, [ins for _, ins, _ in chunk], seed=args.seed + i)
-        for (_, _, dst), img in zip(chunk, outs):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            img.save(dst)
-            print(dst)
+    try:
+        for i in tqdm(range(0, len(jobs), args.batch_size), disable=len(jobs) <= args.batch_size or not sys.stderr.isatty()):
+            chunk = jobs[i : i + args.batch_size]
+            images = [Image.open(s).convert("RGB") for s, _, _ in chunk]
+            outs = editor.edit(images, [ins for _, ins, _ in chunk], seed=args.seed + i)
+            for (_, _, dst), img in zip(chunk, outs):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                img.save(dst)
+                print(dst)
+    except KeyboardInterrupt:
+        print("interrupted: the edits printed above are written", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+              f"{'' if args.debug else ' (--debug prints the traceback)'}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -445,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         bcfg = resolve_benchmark(args.benchmark, options, args.judge, start=own[0] if own else None)
         changes = _apply_setting(cfg, setting)
         sampling = _exported_sampling(rd, changes)
+        from harness.preflight import check_benchmark
+
+        check_benchmark(bcfg, "benchmark")  # a missing benchmark path fails before the model loads
     except (C.ConfigError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

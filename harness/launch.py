@@ -1,5 +1,9 @@
 """Launching runs with submitit: SLURM job arrays, local processes, or in-process (debug).
 
+A local sweep owns its jobs (harness.sweep): Ctrl-C or SIGTERM to the sweep stops them, each with a
+checkpoint, marked interrupted; jobs left by a sweep killed outright are adopted by its next launch,
+which counts them against array_parallelism.
+
 Jobs are checkpointable: when SLURM preempts or times a job out, submitit signals it; the training
 loop saves a checkpoint at the next step boundary, the job is requeued, and the new job resumes by
 scanning the run folder (never from state frozen in the job's pickle).
@@ -23,7 +27,7 @@ Cluster = Literal["auto", "slurm", "local", "debug"]
 
 @dataclass
 class LauncherConfig:
-    cluster: Cluster = "auto"  # auto = slurm when sbatch is available, local processes otherwise
+    cluster: Cluster = "auto"  # auto = slurm when a SLURM controller answers with a usable node, local processes otherwise
     partition: str = ""
     gpus_per_node: int = 0  # one task per GPU
     tasks_per_node: int = 0  # 0 = one per GPU (at least one); set it for multi-process CPU jobs
@@ -40,16 +44,35 @@ class LauncherConfig:
     setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load ...)
 
     def validate(self) -> None:
-        if self.timeout_min < 1:
-            raise ValueError(f"launcher.timeout_min must be >= 1, got {self.timeout_min}")
-        if self.array_parallelism < 1:
-            raise ValueError(f"launcher.array_parallelism must be >= 1, got {self.array_parallelism}")
+        from harness.config import check_range
+
+        check_range(self, "timeout_min", ge=1)
+        check_range(self, "array_parallelism", ge=1)
+        check_range(self, "gpus_per_node", ge=0)
+        check_range(self, "tasks_per_node", ge=0, note="0 = one per GPU")
+        check_range(self, "nodes", ge=1)
+        check_range(self, "cpus_per_task", ge=1)
+        check_range(self, "mem_gb", ge=0, note="0 = the cluster's default")
+        check_range(self, "max_requeues", ge=0)
 
 
 def resolve_cluster(cluster: str) -> str:
+    """auto = slurm where SLURM is installed and its controller answers with a node that can run
+    jobs (an installed but stopped cluster would only queue them forever), else local."""
     if cluster == "auto":
-        return "slurm" if shutil.which("sbatch") and shutil.which("squeue") else "local"
+        return "slurm" if slurm_available() else "local"
     return cluster
+
+
+def slurm_available() -> bool:
+    if not (shutil.which("sbatch") and shutil.which("sinfo")):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+    usable = ("idle", "mixed", "alloc", "allocated", "completing", "planned")
+    return out.returncode == 0 and any(st.rstrip("*~#!%$@^-").lower() in usable for st in out.stdout.split())
 
 
 def make_executor(folder: Path, launcher: LauncherConfig, *, cluster: str | None = None, name: str = "np-edit") -> submitit.Executor:
@@ -172,12 +195,22 @@ class RunJob(submitit.helpers.Checkpointable):
         preemption.install()
         from harness.train import run
 
-        run(Path(run_dir), progress=False)
+        run(Path(run_dir), progress=False, stop_signals=_stop_signals())
         return run_dir
 
     def checkpoint(self, run_dir: str) -> submitit.helpers.DelayedSubmission:
         # A fresh job object: the requeued job resumes from what the run folder holds.
         return submitit.helpers.DelayedSubmission(RunJob(self.threads), run_dir)
+
+
+def _stop_signals() -> tuple[int, ...]:
+    """The signals that stop a job's run as `interrupted`: SIGINT, and SIGTERM except on SLURM, where
+    submitit leaves SIGTERM alone (it precedes preemption) and requeues on its own signal."""
+    try:
+        cluster = submitit.JobEnvironment().cluster
+    except RuntimeError:
+        cluster = "debug"
+    return (signal.SIGINT,) if cluster == "slurm" else (signal.SIGINT, signal.SIGTERM)
 
 
 def setup_distributed() -> None:
@@ -234,14 +267,6 @@ def job_alive(status: dict[str, Any]) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process whose parent died may linger as a zombie where nothing reaps it
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    from harness.runstore import pid_alive
+
+    return pid_alive(pid)

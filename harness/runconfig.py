@@ -4,7 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from harness.config import nohash, poly, poly_list
+import re
+
+from harness.config import FieldError, check_range, nohash, poly, poly_list
+
+SEED_MAX = 2**32  # numpy's and most samplers' limit
 
 
 @dataclass
@@ -30,15 +34,17 @@ class DataConfig:
     type_probs: dict[str, float] = field(default_factory=lambda: {"remove": 0.25})
     batch_size: int = 32
     num_workers: int = nohash(0)
+    # A dataset's images are header-checked when it is opened (cached per dataset): 'error' stops at
+    # the first unreadable one and names it; 'skip' leaves out the records that use one and counts them.
+    bad_images: Literal["error", "skip"] = nohash("error")
 
     def validate(self) -> None:
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"data.fraction must be in (0, 1], got {self.fraction}")
-        if self.batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
-        total = sum(self.type_probs.values())
-        if any(p < 0 for p in self.type_probs.values()) or total > 1.0 + 1e-9:
-            raise ValueError(f"data.type_probs must be >= 0 and sum to at most 1, got {self.type_probs}")
+        check_range(self, "fraction", gt=0, le=1)
+        check_range(self, "batch_size", ge=1)
+        check_range(self, "num_workers", ge=0)
+        check_range(self, "type_probs", ge=0, le=1)
+        if sum(self.type_probs.values()) > 1.0 + 1e-9:
+            raise FieldError("type_probs", f"got {self.type_probs}; allowed: probabilities that sum to at most 1")
 
 
 @dataclass
@@ -59,10 +65,20 @@ class TrainConfig:
     sample_every: int = nohash(0, help="steps between sample-edit grids; 0 = only at the end")
 
     def validate(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"train.steps must be >= 0, got {self.steps}")
+        check_range(self, "steps", ge=0)
+        check_range(self, "lr", gt=0)
         if len(self.betas) != 2:
-            raise ValueError(f"train.betas must be two numbers, got {self.betas}")
+            raise FieldError("betas", f"got {self.betas}; allowed: two numbers [beta1, beta2]")
+        check_range(self, "betas", ge=0, lt=1)
+        check_range(self, "weight_decay", ge=0)
+        check_range(self, "grad_clip", ge=0, note="0 = off")
+        check_range(self, "ema_decay", ge=0, lt=1, note="0 = no EMA")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise FieldError("device", f"got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+        check_range(self, "ckpt_every", ge=1)
+        check_range(self, "keep_checkpoints", ge=0, note="0 = keep all")
+        check_range(self, "log_every", ge=1)
+        check_range(self, "sample_every", ge=0, note="0 = only at the end")
 
 
 @dataclass
@@ -74,6 +90,12 @@ class EvalConfig:
     guidance: float = 0.0  # classifier-free guidance on the instruction (euler); 0 = the method's default
     seed: int = 0
     batch_size: int = nohash(32)
+
+    def validate(self) -> None:
+        check_range(self, "steps", ge=0, note="0 = the method's default")
+        check_range(self, "guidance", ge=0, note="0 = the method's default")
+        check_range(self, "seed", ge=0, lt=SEED_MAX)
+        check_range(self, "batch_size", ge=1)
 
 
 @dataclass
@@ -93,6 +115,7 @@ class RunConfig:
         so that config.yaml, the run id and an exported editor all record what the run used."""
         from harness.registry import BACKBONES, CRITICS
 
+        check_range(self, "seed", ge=0, lt=SEED_MAX)
         for part, reg in (("backbone", BACKBONES), ("critic", CRITICS)):
             section = getattr(self.model, part)
             resolve = reg.get(section.name).resolve if section is not None else None

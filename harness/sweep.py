@@ -3,6 +3,7 @@
     python -m harness.sweep SWEEP.yaml --dry-run          # table of runs and their states; launches nothing
     python -m harness.sweep SWEEP.yaml [--cluster slurm]   # launch the runs not done, as one job array; wait; report
     python -m harness.sweep SWEEP.yaml --retry             # also relaunch failed runs
+    python -m harness.sweep SWEEP.yaml --debug             # tracebacks of errors on the screen too
 
 Sweep file:
 
@@ -25,21 +26,33 @@ Runs are named by a hash of their resolved config; running the same command agai
 done run, resumes interrupted ones from their checkpoints, and relaunches failed runs only with --retry.
 With `seeds`, a run that starts from another run of the sweep (`train.init_from: "@name"`) starts from
 that run's copy with the same seed; reports average a row over its seeds (mean, std, n).
+Every run's config, data and benchmark paths are checked before anything is written or queued.
+
+Local sweeps (--cluster local) own their jobs: Ctrl-C or SIGTERM stops them (each saves a checkpoint
+at its next step and is marked interrupted; a second Ctrl-C stops them at once). Jobs that outlive
+their sweep (it was killed with SIGKILL, or --no-wait) are adopted by the next run of the sweep,
+which waits for them and counts them against launcher.array_parallelism. SLURM jobs stay queued
+when the sweep stops: the cluster runs them (scancel to stop them).
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
+import os
+import signal
+import socket
 import sys
 import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import config as C
 from harness.launch import LauncherConfig, RunJob, job_alive, make_executor, resolve_cluster
-from harness.runstore import RunDir, atomic_write_json, atomic_write_text
+from harness.runstore import RunDir, atomic_write_json, atomic_write_text, pid_alive
 
 
 @dataclass
@@ -63,10 +76,41 @@ class SweepConfig:
             raise ValueError("'name' is required (the runs go to <runs-dir>/<name>/)")
         if self.base is not None and not isinstance(self.base, (str, dict)):
             raise ValueError(f"'base' must be a path or a mapping, got {self.base!r}")
+        for key, values in self.grid.items():
+            _check_axis(f"grid.{key}", values)
         for i, group in enumerate(self.zip):
             lengths = {k: len(v) for k, v in group.items()}
             if len(set(lengths.values())) > 1:
                 raise ValueError(f"zip[{i}]: lists must have the same length, got {lengths}")
+            for key, values in group.items():
+                _check_axis(f"zip[{i}].{key}", values, distinct=False)
+            rows = [json.dumps([group[k][j] for k in group], sort_keys=True) for j in range(min(lengths.values(), default=0))]
+            _check_distinct(f"zip[{i}]", rows, "row")
+        _check_distinct("runs", [json.dumps(r, sort_keys=True) for r in self.runs], "run")
+        axes = [(f"grid.{k}", k) for k in self.grid] + [(f"zip[{i}].{k}", k) for i, g in enumerate(self.zip) for k in g]
+        others = [(f"overrides.{k}", k) for k in self.overrides]
+        others += [(f"runs[{i}].{k}", k) for i, r in enumerate(self.runs) for k in r if k != "include"]
+        for n, (where, key) in enumerate(axes):
+            for where2, key2 in axes[n + 1:] + others:
+                if key == key2 or key.startswith(key2 + ".") or key2.startswith(key + "."):
+                    raise C.FieldError(where, f"overlaps {where2}: one would overwrite the other in every run; "
+                                              f"allowed: each key in one place (grid, one zip group, overrides or runs)")
+
+
+def _check_axis(where: str, values: Any, distinct: bool = True) -> None:
+    if not values:
+        raise C.FieldError(where, "an empty list: the sweep would have no runs; allowed: a list of one value or more")
+    if distinct:
+        _check_distinct(where, [json.dumps(v, sort_keys=True) for v in values], "value")
+
+
+def _check_distinct(where: str, items: list[str], what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item in seen:
+            raise C.FieldError(where, f"{what} {seen[item]} and {what} {i} are the same ({item}): the same run twice; "
+                                      f"allowed: distinct {what}s")
+        seen[item] = i
 
 
 @dataclass
@@ -91,8 +135,9 @@ class Sweep:
 
 def load_sweep(path: str | Path, runs_dir: str | Path = "runs", cli_overrides: list[str] = ()) -> Sweep:
     path = Path(path)
-    raw = C.read_yaml(path)
-    cfg = C.from_dict(SweepConfig, raw, str(path))
+    lines: dict[str, str] = {}
+    raw = C.read_yaml(path, lines)
+    cfg = C.from_dict(SweepConfig, raw, C.Source(str(path), lines))
     if cfg.report:  # a typo in the report spec should fail now, not after every run has finished
         from reports.spec import spec_from_dict
 
@@ -109,7 +154,8 @@ def _base_dict(sweep: Sweep) -> tuple[dict, str]:
     bpath = (sweep.path.parent / base).resolve()
     if not bpath.exists():
         raise C.ConfigError(f"{sweep.path}: key 'base': file not found: {bpath}")
-    return C.read_config_yaml(bpath), str(bpath)
+    lines: dict[str, str] = {}
+    return C.read_config_yaml(bpath, lines=lines), C.Source(str(bpath), lines)
 
 
 def combinations(cfg: SweepConfig) -> list[dict[str, Any]]:
@@ -232,8 +278,12 @@ def _fmt(overrides: dict[str, Any]) -> str:
 # states
 
 
+RESUMABLE = ("todo", "interrupted")  # launched by a plain rerun
+
+
 def run_state(rd: RunDir) -> str:
-    """todo | queued | running | done | failed (a queued/running run whose job is gone counts as todo)."""
+    """todo | queued | running | interrupted | done | failed (a queued/running run whose job is gone
+    counts as todo; interrupted ones were stopped by a signal and resume like todo ones)."""
     st = rd.read_status()
     state = st.get("state", "todo")
     if state in ("queued", "running"):
@@ -266,6 +316,8 @@ def status_table(planned: list[PlannedRun], *, show_errors: bool = True) -> str:
         elif state == "failed":
             err = pr.dir.read_error().strip().splitlines()
             note = err[-1][:100] if err else ""
+        elif state == "interrupted":
+            note = f"resumable: {_progress_note(pr.dir, pr.config.train.steps) or 'step 0'}; a plain rerun resumes it"
         elif state in ("todo", "running", "queued"):
             note = _progress_note(pr.dir, pr.config.train.steps)
             job = _read_job(pr.dir)
@@ -278,7 +330,7 @@ def status_table(planned: list[PlannedRun], *, show_errors: bool = True) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    counts = {s: sum(1 for r in rows if r[1] == s) for s in ("todo", "queued", "running", "done", "failed")}
+    counts = {s: sum(1 for r in rows if r[1] == s) for s in ("todo", "queued", "running", "interrupted", "done", "failed")}
     lines.append("")
     lines.append("  ".join(f"{k}: {v}" for k, v in counts.items()))
     if show_errors:
@@ -319,16 +371,47 @@ def prepare(pr: PlannedRun) -> None:
         atomic_write_text(pr.dir.config_path, text)
 
 
+def preflight(planned: list[PlannedRun]) -> None:
+    """Every check a run's job would make on start (data and benchmark paths, index files, the
+    dataset's images), made here, before anything is written or queued (ConfigError)."""
+    from harness.preflight import check_run
+
+    seen: set[str] = set()
+    for pr in planned:
+        key = json.dumps([C.to_dict(pr.config.data), C.to_dict(pr.config.eval.benchmarks)], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            try:
+                check_run(pr.config)
+            except C.ConfigError as e:
+                raise C.ConfigError(f"{e} (run {pr.run_id}: {_fmt(pr.overrides) or 'base'})") from None
+
+
 def launch(sweep: Sweep, planned: list[PlannedRun], *, cluster: str | None = None, retry: bool = False,
            wait: bool = True, progress: bool | None = None, out=sys.stdout) -> list[PlannedRun]:
-    """Submit every run that is not done (failed ones only with retry) as one job array."""
+    """Submit every run that is not done (failed ones only with retry) as one job array. On
+    KeyboardInterrupt (Ctrl-C, or SIGTERM through main) the sweep's local jobs are stopped first."""
     states = {pr.run_id: run_state(pr.dir) for pr in planned}
-    todo = [pr for pr in planned if states[pr.run_id] == "todo" or (retry and states[pr.run_id] == "failed")]
+    todo = [pr for pr in planned if states[pr.run_id] in RESUMABLE or (retry and states[pr.run_id] == "failed")]
     busy = [pr for pr in planned if states[pr.run_id] in ("queued", "running")]
+    preflight(todo)
     write_sweep_copy(sweep)
     cluster = resolve_cluster(cluster or sweep.cfg.launcher.cluster)
     print(f"{sweep.cfg.name}: {len(planned)} runs; {sum(s == 'done' for s in states.values())} done, "
           f"{len(busy)} queued/running, launching {len(todo)} on {cluster}", file=out)
+    try:
+        return _launch(sweep, planned, todo, busy, states, cluster, wait=wait, progress=progress, out=out)
+    except KeyboardInterrupt:
+        if cluster == "local":
+            stop_local_jobs(planned, out=out)
+        elif cluster == "slurm":
+            print("stopped waiting; the SLURM jobs stay queued (scancel stops them); "
+                  "run the same command again to follow them", file=out)
+        raise
+
+
+def _launch(sweep: Sweep, planned: list[PlannedRun], todo: list[PlannedRun], busy: list[PlannedRun],
+            states: dict[str, str], cluster: str, *, wait: bool, progress: bool | None, out) -> list[PlannedRun]:
     launched: list[PlannedRun] = []
     by_id = {pr.run_id: pr for pr in planned}
     waiting = list(todo)
@@ -347,8 +430,7 @@ def launch(sweep: Sweep, planned: list[PlannedRun], *, cluster: str | None = Non
             if waiting:
                 print(f"  {len(waiting)} runs wait for runs still in progress: run the same command again later", file=out)
             break
-        _submit_all(sweep, ready, states, cluster, wait=wait, progress=progress, out=out)
-        launched += ready
+        launched += _submit_all(sweep, ready, states, cluster, wait=wait, progress=progress, out=out, busy=busy)
         if waiting and not wait:
             print(f"  {len(waiting)} runs wait for these: run the same command again once they are done", file=out)
             break
@@ -359,17 +441,51 @@ def launch(sweep: Sweep, planned: list[PlannedRun], *, cluster: str | None = Non
     return launched
 
 
+def _active(runs: list[PlannedRun]) -> list[PlannedRun]:
+    return [pr for pr in runs if run_state(pr.dir) in ("queued", "running")]
+
+
 def _submit_all(sweep: Sweep, todo: list[PlannedRun], states: dict[str, str], cluster: str, *, wait: bool,
-                progress: bool | None, out) -> None:
-    """SLURM throttles a job array itself (array_parallelism); local processes have no scheduler, so
-    the runs go in groups of array_parallelism, each started when the one before it has finished
-    (all at once with --no-wait, which cannot stay to start the next group)."""
-    group = sweep.cfg.launcher.array_parallelism if cluster == "local" and wait else len(todo)
-    for i in range(0, len(todo), max(1, group)):
-        part = todo[i : i + group]
-        _submit(sweep, part, states, cluster)
-        if i + group < len(todo):
-            wait_for(part, progress=progress, out=out)
+                progress: bool | None, out, busy: list[PlannedRun] = (), poll_s: float = 1.0) -> list[PlannedRun]:
+    """SLURM throttles a job array itself (array_parallelism). Local processes have no scheduler: at
+    most array_parallelism of the sweep's runs train at once, counting those still running from an
+    earlier launch of it (adopted); a run starts when one finishes. With --no-wait, which cannot stay
+    to start the next, only the free slots are filled and the rest wait for the next launch."""
+    if cluster != "local":
+        _submit(sweep, todo, states, cluster)
+        return list(todo)
+    limit = sweep.cfg.launcher.array_parallelism
+    pending, started = list(todo), []
+    while pending:
+        free = limit - len(_active([*busy, *started]))
+        if free > 0:
+            part, pending = pending[:free], pending[free:]
+            _submit(sweep, part, states, cluster)
+            started += part
+        elif not wait:
+            print(f"  {len(pending)} runs wait for a free slot (array_parallelism {limit}): "
+                  f"run the same command again to start them", file=out)
+            break
+        else:
+            time.sleep(poll_s)
+    return started
+
+
+@contextmanager
+def _sigint_ignored_in_children():
+    """Local job controllers started in this block ignore SIGINT (inherited across exec): Ctrl-C in
+    the terminal reaches the sweep and the training processes, not submitit's controllers, which
+    would kill their task a second after forwarding it. The sweep then stops them with SIGTERM."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _submit(sweep: Sweep, todo: list[PlannedRun], states: dict[str, str], cluster: str) -> None:
@@ -380,9 +496,11 @@ def _submit(sweep: Sweep, todo: list[PlannedRun], states: dict[str, str], cluste
                 pr.dir.error_path.unlink(missing_ok=True)
             pr.dir.set_status("queued")
         executor = make_executor(sweep.root / ".submitit", sweep.cfg.launcher, cluster=cluster, name=sweep.cfg.name)
-        jobs = executor.map_array(RunJob(threads=sweep.cfg.launcher.cpus_per_task), [str(pr.dir.path) for pr in todo])
+        with _sigint_ignored_in_children() if cluster == "local" else _nothing():
+            jobs = executor.map_array(RunJob(threads=sweep.cfg.launcher.cpus_per_task), [str(pr.dir.path) for pr in todo])
         for pr, job in zip(todo, jobs):
             atomic_write_json(pr.dir.path / "job.json", {"cluster": cluster, "job_id": str(job.job_id),
+                                                         "host": socket.gethostname(),
                                                          "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})
         if cluster == "debug":  # debug jobs run in this process when their result is asked for
             for job in jobs:
@@ -392,8 +510,46 @@ def _submit(sweep: Sweep, todo: list[PlannedRun], states: dict[str, str], cluste
                     pass
 
 
+@contextmanager
+def _nothing():
+    yield
+
+
+def stop_local_jobs(planned: list[PlannedRun], *, out=sys.stdout, wait_s: float = 300.0, poll_s: float = 1.0) -> None:
+    """SIGTERM to the local jobs of these runs (their submitit controllers forward it to the training
+    processes, which save a checkpoint at their next step and mark the run interrupted), repeated
+    until they have exited (a process still starting up has not installed its handler yet)."""
+    host = socket.gethostname()
+    pids = {}
+    for pr in planned:
+        job = _read_job(pr.dir)
+        if job.get("cluster") == "local" and str(job.get("job_id", "")).isdigit() and job.get("host", host) == host \
+                and pr.dir.read_status().get("state") in ("queued", "running"):
+            pids[pr.run_id] = int(job["job_id"])
+    if not pids:
+        return
+    print(f"stopping {len(pids)} local runs (each saves a checkpoint at its next step; Ctrl-C again stops them at once)",
+          file=out, flush=True)
+    deadline = time.time() + wait_s
+    while True:
+        alive = {r: pid for r, pid in pids.items() if pid_alive(pid)}
+        if not alive:
+            break
+        if time.time() > deadline:
+            print(f"  still stopping after {wait_s:.0f} s: " + ", ".join(f"{r} (PID {p})" for r, p in alive.items()), file=out)
+            return
+        for pid in alive.values():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        time.sleep(poll_s)
+    states = {pr.run_id: run_state(pr.dir) for pr in planned if pr.run_id in pids}
+    print("  " + ", ".join(f"{r}: {st}" for r, st in states.items()) + "; run the same command again to resume", file=out)
+
+
 def wait_for(planned: list[PlannedRun], *, poll_s: float = 2.0, progress: bool | None = None, out=sys.stdout) -> None:
-    """Poll run folders until every run is done, failed, or its job is gone."""
+    """Poll run folders until every run is done, failed, interrupted, or its job is gone."""
     from tqdm import tqdm
 
     if not planned:
@@ -407,7 +563,7 @@ def wait_for(planned: list[PlannedRun], *, poll_s: float = 2.0, progress: bool |
             if pr.run_id in finished:
                 continue
             state = run_state(pr.dir)
-            if state in ("done", "failed", "todo"):
+            if state in ("done", "failed", "todo", "interrupted"):
                 finished.add(pr.run_id)
                 bar.update(1)
                 if state != "done":
@@ -441,18 +597,24 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", help="sweep YAML")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every run (they change run ids)")
-    p.add_argument("--dry-run", action="store_true", help="print the table of runs and their states; launch nothing")
+    p.add_argument("--dry-run", action="store_true", help="check every run, print the table of runs and their states; "
+                   "launch nothing")
     p.add_argument("--cluster", choices=["auto", "slurm", "local", "debug"], default=None,
                    help="where to run (default: the sweep's launcher.cluster; auto = slurm if available, else local)")
     p.add_argument("--retry", action="store_true", help="relaunch failed runs too")
     p.add_argument("--no-wait", action="store_true", help="submit and return; run the same command later to report")
     p.add_argument("--runs-dir", default="runs", help="root of run folders (default: runs)")
     p.add_argument("--report-only", action="store_true", help="build the report from the runs done so far")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error")
     args = p.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep, args.runs_dir, args.overrides)
         planned = expand(sweep)
+        if args.dry_run:
+            preflight([pr for pr in planned if run_state(pr.dir) in (*RESUMABLE, "failed")])
     except (C.ConfigError, KeyError, ValueError) as e:  # ValueError: report spec errors
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -460,15 +622,45 @@ def main(argv: list[str] | None = None) -> int:
               f" (cluster: {resolve_cluster(args.cluster or sweep.cfg.launcher.cluster)})")
         print(status_table(planned))
         return 0
-    if not args.report_only:
-        launch(sweep, planned, cluster=args.cluster, retry=args.retry, wait=not args.no_wait)
-        if args.no_wait:
-            print(f"submitted; run `python -m harness.sweep {args.sweep} --dry-run` to follow")
-            return 0
+    old_term = _sigterm_as_interrupt()
+    try:
+        if not args.report_only:
+            launch(sweep, planned, cluster=args.cluster, retry=args.retry, wait=not args.no_wait)
+            if args.no_wait:
+                print(f"submitted; run `python -m harness.sweep {args.sweep} --dry-run` to follow")
+                return 0
+    except C.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: run `python -m harness.sweep {args.sweep}` again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+              f"{'' if args.debug else ' (--debug prints the traceback)'}", file=sys.stderr)
+        return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     print(status_table(planned, show_errors=False))
     build_report(sweep)
     states = [run_state(pr.dir) for pr in planned]
     return 0 if all(s == "done" for s in states) else 1
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM stops the sweep the way Ctrl-C does (its local jobs stopped first); the old handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Train one run in the foreground (or inside a sweep's job), then export and evaluate it.
 
-    python -m harness.train CONFIG.yaml [key=value ...] [--runs-dir runs] [--dry-run]
+    python -m harness.train CONFIG.yaml [key=value ...] [--runs-dir runs] [--dry-run] [--debug]
 
 The run folder is runs/<group>/<run-id>, the id a hash of the resolved config: run the same
-command again to resume from the latest checkpoint; a finished run is not redone.
+command again to resume from the latest checkpoint; a finished run is not redone. Every check
+(config values, data and benchmark paths, the dataset's images) passes before the folder is made.
+Ctrl-C or SIGTERM stops at the next step boundary with a checkpoint saved and the run marked
+`interrupted`; the same command resumes it. One process trains a run at a time (RUN/lock).
 """
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ import argparse
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -21,11 +26,49 @@ import torch
 
 from harness import config as C
 from harness.registry import METHODS
-from harness.runstore import RunDir
+from harness.runstore import RunDir, RunLock, RunLocked, atomic_write_text
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run: at a step boundary with a checkpoint saved (`step`), or
+    at once outside the training loop (model loading, export, evaluation: all safe to redo)."""
+
+    def __init__(self, signum: int, step: int | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.step = signum, step
+
+
+class StopSignals:
+    """While active, the given signals ask the run to stop: inside the training loop (`deferred`)
+    at the next step boundary, elsewhere at once. A second SIGINT stops at once anywhere; a
+    SIGTERM after the first request changes nothing (a local sweep forwards one on Ctrl-C)."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+        self.signals = signals if threading.current_thread() is threading.main_thread() else ()
+        self.requested: int | None = None
+        self.deferred = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        for sig in self.signals:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is None:
+            self.requested = signum
+            if not self.deferred:
+                raise Interrupted(signum)
+        elif signum == signal.SIGINT:
+            raise Interrupted(signum)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,13 +90,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def prepare_run_dir(cfg: Any, runs_dir: Path, group: str) -> RunDir:
-    """Create runs/<group>/<id>/config.yaml for a resolved config (idempotent)."""
+    """Create runs/<group>/<id>/config.yaml for a resolved config (idempotent; a finished run's
+    config.yaml, the one its results were made with, is left as it is)."""
     rd = RunDir(Path(runs_dir) / group / C.config_hash(cfg))
     rd.path.mkdir(parents=True, exist_ok=True)
     text = C.dump_yaml(cfg)
-    if not rd.config_path.exists() or rd.config_path.read_text() != text:
-        from harness.runstore import atomic_write_text
-
+    if not rd.is_done() and (not rd.config_path.exists() or rd.config_path.read_text() != text):
         atomic_write_text(rd.config_path, text)
     return rd
 
@@ -71,50 +113,97 @@ def _check_finite(metrics: dict[str, float], step: int) -> None:
             )
 
 
-def run(run_dir: Path, *, progress: bool | None = None) -> dict[str, Any]:
-    """Train (resuming), export and evaluate the run in `run_dir`; returns result.json's content."""
+def run(run_dir: Path, *, progress: bool | None = None,
+        stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> dict[str, Any]:
+    """Train (resuming), export and evaluate the run in `run_dir`; returns result.json's content.
+    RunLocked when another process trains it (nothing is written then); Interrupted (a
+    KeyboardInterrupt) when a signal of `stop_signals` stopped it, the run marked `interrupted`."""
     from harness.launch import is_main_process, preemption
 
     rd = RunDir(run_dir)
     if rd.is_done():
         return rd.read_result()
     cfg = load_run(rd)
-    prev = rd.read_status()
-    job = {k: prev[k] for k in ("cluster", "job_id") if k in prev}
     main = is_main_process()
-    if main:
-        rd.set_status("running", **job)
-    if progress is None:
-        progress = sys.stderr.isatty()
+    lock = RunLock(rd.path) if main else None
+    locked = _all_ranks_agree(_try_lock(lock))
+    if locked is not True:
+        raise locked if isinstance(locked, RunLocked) else RunLocked(f"{rd.path}: rank 0 could not take the run lock")
     try:
-        result = _run(rd, cfg, progress=progress, main=main, preemption=preemption)
-    except SystemExit:
-        raise
-    except BaseException:
+        if rd.is_done():  # finished by the process that held the lock before
+            return rd.read_result()
+        prev = rd.read_status()
+        job = {k: prev[k] for k in ("cluster", "job_id") if k in prev}
         if main:
-            rd.write_error(traceback.format_exc())
-            rd.set_status("failed", **job)
-        raise
-    if main:
-        rd.set_status("done", **job)
-    return result
+            rd.set_status("running", **job)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        try:
+            with StopSignals(stop_signals) as stop:
+                result = _run(rd, cfg, progress=progress, main=main, preemption=preemption, stop=stop)
+        except SystemExit:
+            raise
+        except KeyboardInterrupt as e:  # not the run's failure: a plain rerun resumes it
+            if main:
+                latest = rd.latest_checkpoint()
+                rd.set_status("interrupted", **job, step=latest[0] if latest else 0,
+                              signal=signal.Signals(e.signum).name if isinstance(e, Interrupted) else "SIGINT")
+            raise
+        except BaseException:
+            if main:
+                rd.write_error(traceback.format_exc())
+                rd.set_status("failed", **job)
+            raise
+        if main:
+            rd.set_status("done", **job)
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -> dict[str, Any]:
+def _try_lock(lock: RunLock | None) -> bool | RunLocked:
+    if lock is None:
+        return True
+    try:
+        lock.acquire()
+        return True
+    except RunLocked as e:
+        return e
+
+
+def _all_ranks_agree(value: Any) -> Any:
+    """Rank 0's value on every rank (ranks other than 0 take no lock and follow rank 0)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any,
+         stop: StopSignals | None = None) -> dict[str, Any]:
     from tqdm import tqdm
 
     t_build = time.time()
+    from harness.data.sampling import bad_images_policy
+
+    stop = stop or StopSignals(())
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = resolve_device(cfg.train.device)
     spec = METHODS.get(cfg.method.name)
-    method = spec.build(cfg, rd, device)
+    with bad_images_policy(cfg.data.bad_images):
+        method = spec.build(cfg, rd, device)
 
     start = 0
-    latest = rd.latest_checkpoint()
-    if latest is not None:
-        ck = rd.load_checkpoint(latest[1])
+    ck = rd.load_latest_checkpoint()
+    latest = (ck["step"], None) if ck is not None else None
+    if ck is not None:
         method.load_state_dict(ck["state"])
         start = ck["step"]
+        del ck
     if main:
         rd.truncate_metrics(start)
 
@@ -127,6 +216,7 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -
     bar = tqdm(total=steps, initial=start, disable=not progress or not main, desc=rd.id, dynamic_ncols=True)
     t0 = time.time()
     timing = {"build_s": round(t0 - t_build, 1)}  # of this process: a resumed run's own share
+    stop.deferred = True
     for step in range(start, steps):
         metrics = method.train_step(step)
         _check_finite(metrics, step)
@@ -136,10 +226,19 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:4]})
         if cfg.train.sample_every and done % cfg.train.sample_every == 0 and main and _world_size() == 1:
             _save_samples(method, rd, done)
-        if done % cfg.train.ckpt_every == 0 or done == steps:
+        saved = done % cfg.train.ckpt_every == 0 or done == steps
+        if saved:
             save(done)
         bar.update(1)
         preemption.maybe_stop(lambda d=done: save(d))
+        if _any_rank(stop.requested is not None, device):
+            if not saved:
+                save(done)
+            bar.close()
+            raise Interrupted(stop.requested or signal.SIGTERM, done)
+    stop.deferred = False
+    if stop.requested is not None:  # arrived during the last step, whose checkpoint is saved
+        raise Interrupted(stop.requested, steps)
     bar.close()
     if latest is None and steps == 0:
         save(0)
@@ -173,6 +272,17 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any) -
     return out
 
 
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when it is True on one (a stop request reaches ranks at different steps)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def _world_size() -> int:
     import torch.distributed as dist
 
@@ -190,17 +300,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m harness.train",
         description="Train one run in the foreground, then export and evaluate it. "
-        "Run the same command again to resume; a finished run is not redone.",
+        "Run the same command again to resume; a finished run is not redone. Ctrl-C stops at the next step "
+        "with a checkpoint saved (the run is 'interrupted'; the same command resumes it).",
     )
     p.add_argument("config", help="run config YAML")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=200 method.lambda_vlm=0.02")
     p.add_argument("--runs-dir", default="runs", help="root of run folders (default: runs)")
     p.add_argument("--group", default="train", help="subfolder of --runs-dir for this run (default: train)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and run folder, do nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything, print the resolved config and run folder, do nothing")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error (always in RUN/error.txt)")
     args = p.parse_args(argv)
+    from harness.preflight import check_run
+
     try:
         cfg = C.load_run_config(args.config, args.overrides)
+        check_run(cfg)
     except (C.ConfigError, KeyError) as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     run_id = C.config_hash(cfg)
@@ -220,7 +338,23 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     rd = prepare_run_dir(cfg, Path(args.runs_dir), args.group)
     print(f"run {run_id}: {rd.path}", file=sys.stderr)
-    result = run(rd.path)
+    try:
+        result = run(rd.path)
+    except RunLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        step = e.step if isinstance(e, Interrupted) and e.step is not None else (rd.latest_checkpoint() or (0,))[0]
+        print(f"interrupted: {rd.path}: checkpoint at step {step} kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"error: {rd.path}: {type(e).__name__}: {first} (traceback in {rd.error_path}"
+              f"{'' if args.debug else '; --debug prints it'})", file=sys.stderr)
+        return 1
     for r in result.get("results", []):
         vals = "  ".join(f"{k}={v:.3f}" for k, v in r["metrics"].items())
         print(f"{r['benchmark']}/{r['subset']}: {vals}")

@@ -181,10 +181,12 @@ class Tuner:
 
         name = self.cfg.name + (f"/{variant.name}" if variant is not None and variant.name else "")
         self.sweep.root.mkdir(parents=True, exist_ok=True)
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=name, storage=f"sqlite:///{(self.sweep.root / 'optuna.db').resolve()}",
-            load_if_exists=True, direction=self.cfg.objective.direction,
-            sampler=optuna.samplers.TPESampler(seed=self.cfg.seed))
+            load_if_exists=True, direction=self.cfg.objective.direction)
+        # seeded by the trials so far: a resumed search does not draw its first random trials again
+        study.sampler = optuna.samplers.TPESampler(seed=self.cfg.seed + len(study.get_trials(deepcopy=False)))
+        return study
 
     def run(self, trials: int | None = None) -> dict[str, Any]:
         """Every variant's study, `trials` trials each (one after another); {variant name: study}."""
@@ -203,6 +205,9 @@ class Tuner:
         target = trials or self.cfg.trials
         # trials asked by an interrupted search: finish them first
         pending = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+        for t in [t for t in pending if not t.params]:  # asked, killed before its params were drawn
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        pending = [t for t in pending if t.params]
         while True:
             finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
             if finished >= target and not pending:
@@ -216,14 +221,15 @@ class Tuner:
                 space = self.cfg.space(variant)
                 params = dict(t.params) if t.params else {k: suggest(t, k, p) for k, p in space.items()}
                 planned.append((t, self.plan(params, variant)))
-            S.launch(self.sweep, [pr for _, pr in planned], cluster=self.cluster, out=self.out)
+            unique = {pr.run_id: pr for _, pr in planned}  # two trials drawing the same values share one run
+            S.launch(self.sweep, list(unique.values()), cluster=self.cluster, out=self.out)
             for t, pr in planned:
                 value = objective_value(pr, self.cfg.objective)
                 if value is None:
-                    study.tell(t, state=optuna.trial.TrialState.FAIL)
+                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
                     print(f"  trial {t.number} ({pr.run_id}) did not finish: {S.run_state(pr.dir)}", file=self.out)
                 else:
-                    study.tell(t, value)
+                    study.tell(t.number, value)
                     print(f"  trial {t.number} ({pr.run_id}) {S._fmt(pr.overrides)}: "
                           f"{self.cfg.objective.metric}={value:.4f}", file=self.out)
         return study

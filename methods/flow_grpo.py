@@ -98,6 +98,11 @@ class FlowGRPOConfig:
             raise ValueError("kl_beta and lr must be >= 0 and lora_alpha > 0")
         if self.train_batch < 0 or self.rollout_batch < 0:
             raise ValueError("train_batch and rollout_batch must be >= 0 (0 = automatic)")
+        from harness.config import check_range
+
+        check_range(self, "guidance", ge=0)
+        check_range(self, "score_retries", ge=0)
+        check_range(self, "score_max_tokens", ge=1)
         if self.reward not in reward_names():
             raise ValueError(f"reward {self.reward!r} is unknown; known: {', '.join(reward_names())}")
 

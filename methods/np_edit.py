@@ -76,9 +76,19 @@ class NPEditConfig:
             raise ValueError(f"need 0 <= dmd_t_min < dmd_t_max <= 1, got {self.dmd_t_min}, {self.dmd_t_max}")
         if not 0 <= self.noop_prob <= 1:
             raise ValueError(f"noop_prob must be in [0, 1], got {self.noop_prob}")
-        if self.identity_weight < 0 or self.identity_start < 0:
-            raise ValueError(f"identity_weight and identity_start must be >= 0, got {self.identity_weight}, "
-                             f"{self.identity_start}")
+        from harness.config import check_range
+
+        check_range(self, "n_aux", ge=1 if self.lambda_dmd > 0 else 0, note="the fake score's updates per step of DMD")
+        check_range(self, "aux_lr", ge=0, note="0 = train.lr")
+        check_range(self, "warmup_steps", ge=0)
+        check_range(self, "single_step_steps", ge=0)
+        check_range(self, "guidance", ge=0)
+        check_range(self, "guidance_by_type", ge=0)
+        check_range(self, "vlm_temperature", gt=0)
+        if not self.unroll_ts:
+            raise ValueError("unroll_ts must hold at least one time in (0, 1)")
+        check_range(self, "identity_weight", ge=0)
+        check_range(self, "identity_start", ge=0)
 
 
 class NPEdit:

@@ -3,17 +3,39 @@
 # Needs root and Debian's slurm-wlm + munge (installed here with apt-get when missing).
 # Idempotent: if the node already answers `sinfo` as idle/mixed/alloc, it does nothing.
 #   scripts/slurm_local.sh          start and wait until the node is up
-#   scripts/slurm_local.sh stop     stop the daemons
+#   scripts/slurm_local.sh status   exit 0 when the node is up, 1 otherwise (starts nothing)
+#   scripts/slurm_local.sh stop     cancel the cluster's jobs and stop the daemons this script started
+#                                   (by their PIDs, recorded in /run/slurm/started-by-slurm_local;
+#                                   daemons it did not start are left alone)
 set -euo pipefail
 
 log() { echo "[slurm_local] $*" >&2; }
+node_up() { sinfo -h -N -o "%T" 2>/dev/null | grep -Eq '^(idle|mixed|allocated|completing)'; }
+STARTED=/run/slurm/started-by-slurm_local   # lines: <daemon> <pid file>
+
+if [ "${1:-}" = "status" ]; then
+  node_up; exit $?
+fi
 
 if [ "$(id -u)" != 0 ]; then
   log "needs root (starts slurmctld/slurmd/munged)"; exit 1
 fi
 
 if [ "${1:-}" = "stop" ]; then
-  pkill -x slurmd || true; pkill -x slurmctld || true; pkill -x munged || true
+  if [ ! -s "$STARTED" ]; then log "no daemons started by this script are running"; exit 0; fi
+  jobs=$(squeue -h -o %A 2>/dev/null | sort -u || true)
+  if [ -n "$jobs" ]; then log "cancelling jobs: $(echo $jobs)"; scancel $jobs 2>/dev/null || true; fi
+  # slurmd and slurmctld first, munged (their authentication) last
+  for daemon in slurmd slurmctld munged; do
+    pidfile=$(awk -v d="$daemon" '$1 == d {print $2}' "$STARTED")
+    [ -n "$pidfile" ] && [ -s "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    if kill "$pid" 2>/dev/null; then
+      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      log "stopped $daemon (PID $pid)"
+    fi
+  done
+  rm -f "$STARTED"
   exit 0
 fi
 
@@ -22,8 +44,6 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq slurm-wlm munge >/dev/null
 fi
-
-node_up() { sinfo -h -N -o "%T" 2>/dev/null | grep -Eq '^(idle|mixed|allocated|completing)'; }
 
 if node_up; then log "cluster already up"; exit 0; fi
 
@@ -40,8 +60,10 @@ fi
 chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
 mkdir -p /run/munge /var/log/munge /var/lib/munge
 chown munge:munge /run/munge /var/log/munge /var/lib/munge
+mkdir -p /run/slurm
 if ! pgrep -x munged >/dev/null; then
   su -s /bin/sh munge -c /usr/sbin/munged || runuser -u munge -- /usr/sbin/munged
+  echo "munged /run/munge/munged.pid" >> "$STARTED"
 fi
 
 # slurm
@@ -77,8 +99,8 @@ InactiveLimit=0
 NodeName=${host} CPUs=${ncpu} RealMemory=${real_mb} State=UNKNOWN
 PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
-pgrep -x slurmctld >/dev/null || slurmctld
-pgrep -x slurmd >/dev/null || slurmd
+if ! pgrep -x slurmctld >/dev/null; then slurmctld; echo "slurmctld /run/slurm/slurmctld.pid" >> "$STARTED"; fi
+if ! pgrep -x slurmd >/dev/null; then slurmd; echo "slurmd /run/slurm/slurmd.pid" >> "$STARTED"; fi
 
 for _ in $(seq 1 60); do
   if node_up; then log "node ${host} up (${ncpu} CPUs, ${real_mb} MB)"; exit 0; fi

@@ -5,6 +5,8 @@
 #   scripts/test.sh tests/test_x.py any pytest arguments
 # As root on Debian it installs and starts a single-node SLURM cluster (slurm-wlm, munge) and
 # pdflatex (texlive) so the SLURM and LaTeX tests run for real; elsewhere those tests are skipped.
+# A cluster it started is stopped again when it exits (its jobs cancelled), so that afterwards
+# `cluster: auto` runs locally as on a fresh machine; a cluster that was already up is left up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +20,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
-  scripts/slurm_local.sh
+  if ! scripts/slurm_local.sh status; then
+    trap 'scripts/slurm_local.sh stop' EXIT
+    scripts/slurm_local.sh
+  fi
   export NPEDIT_REQUIRE_SLURM=1
 fi
 

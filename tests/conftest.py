@@ -24,11 +24,15 @@ def slurm_cluster():
         out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True)
         return out.returncode == 0 and any(s in out.stdout for s in ("idle", "mixed", "alloc"))
 
+    started = False
     if not up() and os.geteuid() == 0:
         subprocess.run([str(REPO / "scripts" / "slurm_local.sh")], check=False)
+        started = up()
     if not up():
         msg = "no local SLURM cluster (run scripts/slurm_local.sh as root)"
         if os.environ.get("NPEDIT_REQUIRE_SLURM") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
-    return True
+    yield True
+    if started:  # leave the machine as it was: a cluster left up would take `cluster: auto` runs
+        subprocess.run([str(REPO / "scripts" / "slurm_local.sh"), "stop"], check=False)

@@ -98,5 +98,5 @@ def test_rescoring_errors_name_the_key(finished, capsys):
     assert main(["--run", str(rd.path), "--benchmark", "shapes_edit", "eval.benchmarks=[]"]) == 2
     assert "'eval.benchmarks': not an evaluation option; allowed: eval.sampler" in capsys.readouterr().err
     assert main(["--run", str(rd.path), "--benchmark", "shapes_edit", "eval.steps=-1"]) == 2
-    assert "eval.steps and eval.guidance must be >= 0" in capsys.readouterr().err
+    assert "key 'eval.steps': got -1; allowed: an integer >= 0" in capsys.readouterr().err
     assert json.loads(rd.result_path.read_text()) == before

@@ -48,10 +48,10 @@ def test_grid_times_zip_times_runs(tmp_path):
 
 
 def test_duplicates_are_merged_and_ids_are_stable(tmp_path):
-    # lr 0.2 twice, and fit_fast's default lr is 0.2: three combos, one config
-    path = fit_sweep(tmp_path, grid={"method.lr": [0.2, 0.2]})
+    # three runs written differently that resolve to one config: the base's lr and dim are 0.05 and 3
+    path = fit_sweep(tmp_path, grid={})
     raw = yaml.safe_load(path.read_text())
-    raw["runs"] = [{"method.name": "fit"}]
+    raw["runs"] = [{"method.lr": 0.05}, {"method.dim": 3}, {"method.name": "fit"}]
     write_yaml(path, raw)
     a = S.expand(S.load_sweep(path, tmp_path / "runs"))
     assert len(a) == 1

@@ -34,6 +34,21 @@ def test_search_finds_a_better_lr_and_resumes_without_retraining(tmp_path):
     assert again == starts  # earlier trials were not trained again
 
 
+
+def test_trials_left_running_by_a_killed_search_are_finished_on_rerun(tmp_path):
+    path = tune_file(tmp_path, trials=3)
+    tuner = T.Tuner(path, tmp_path / "runs", out=io.StringIO())
+    study = tuner.study(tuner.cfg.all_variants()[0])
+    (_, p), = tuner.cfg.params.items()
+    asked = study.ask()
+    lr = T.suggest(asked, "method.lr", p)  # drawn, then the search was killed before its run was scored
+    study.ask()  # asked, killed before its params were drawn
+    done = T.Tuner(path, tmp_path / "runs", out=io.StringIO()).run()[""]
+    states = {t.number: t.state.name for t in done.trials}
+    assert states[asked.number] == "COMPLETE" and done.trials[asked.number].params == {"method.lr": lr}
+    assert states[1] == "FAIL"
+    assert sum(s == "COMPLETE" for s in states.values()) == 2  # 3 finished trials in all: 2 scored, 1 failed
+
 def test_bad_search_space_is_reported(tmp_path):
     path = tune_file(tmp_path)
     raw = yaml.safe_load(path.read_text())
@@ -88,3 +103,14 @@ def test_a_search_that_would_score_the_test_split_is_refused_before_any_run(tmp_
         tuner.check()
     assert T.main([str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
     assert not (tmp_path / "runs" / "tv").exists() or not any((tmp_path / "runs" / "tv").iterdir())
+
+
+def test_trials_that_draw_the_same_values_share_one_run(tmp_path):
+    path = tune_file(tmp_path, trials=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["params"]["method.lr"] = {"type": "categorical", "choices": [0.1]}  # every trial draws the same
+    write_yaml(path, raw)
+    study = T.Tuner(path, tmp_path / "runs", out=io.StringIO()).run()[""]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert study.trials[0].value == study.trials[1].value
+    assert len([d for d in (tmp_path / "runs" / "t").iterdir() if (d / "starts.log").exists()]) == 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.data.instructions import DatasetError, InstructionRecord, PairedRecord, load_image, read_instructions, read_pairs
+from harness.data.instructions import (DatasetError, InstructionRecord, PairedRecord, load_image, read_instructions,
+                                       read_pairs, usable_records)
+
+# What a dataset opened without an explicit `bad_images` does with an unreadable image: the run's
+# data.bad_images, set by the training loop around building its method (see `bad_images_policy`).
+_BAD_IMAGES: ContextVar[str] = ContextVar("bad_images", default="error")
+
+
+@contextmanager
+def bad_images_policy(policy: str):
+    token = _BAD_IMAGES.set(policy)
+    try:
+        yield
+    finally:
+        _BAD_IMAGES.reset(token)
 
 
 def step_generator(seed: int, step: int, stream: str) -> torch.Generator:
@@ -95,9 +111,13 @@ def subset_by_reference(records: list, fraction: float, seed: int) -> list:
 class InstructionData:
     def __init__(self, folder: str | Path, *, image_size: int, fraction: float = 1.0, seed: int = 0,
                  edit_types: list[str] | None = None, type_probs: dict[str, float] | None = None,
-                 cache_images: bool = True, paired: bool = False):
+                 cache_images: bool = True, paired: bool = False, bad_images: str | None = None):
         self.folder = Path(folder)
         records: list = read_pairs(self.folder) if paired else read_instructions(self.folder)
+        records, self.n_skipped = usable_records(self.folder, records, bad_images=bad_images or _BAD_IMAGES.get())
+        if self.n_skipped:
+            warnings.warn(f"{self.folder}: left out {self.n_skipped} records whose images cannot be read "
+                          f"(data.bad_images=skip)", stacklevel=2)
         if edit_types:
             unknown = sorted(set(edit_types) - {r.edit_type for r in records})
             if unknown:
@@ -138,5 +158,5 @@ class InstructionData:
         return self.sample(n, step_generator(self.seed, step, f"data/{stream}"))
 
 
-__all__ = ["Batch", "InstructionData", "InstructionRecord", "PairedRecord", "step_generator", "subset_by_reference",
+__all__ = ["Batch", "InstructionData", "bad_images_policy", "InstructionRecord", "PairedRecord", "step_generator", "subset_by_reference",
            "to_pil", "to_tensor", "type_distribution"]
