@@ -306,7 +306,8 @@ def _progress_note(rd: RunDir, total_steps: int) -> str:
     return f"step {latest[0]}/{total_steps}" if latest else ""
 
 
-def status_table(planned: list[PlannedRun], *, show_errors: bool = True) -> str:
+def status_table(planned: list[PlannedRun], *, show_errors: bool = True, plan: Any = None) -> str:
+    """`plan`: a function of a run's config giving its planned memory per GPU (a column when given)."""
     rows = []
     for pr in planned:
         state = run_state(pr.dir)
@@ -324,9 +325,10 @@ def status_table(planned: list[PlannedRun], *, show_errors: bool = True) -> str:
             if state != "todo" and job.get("job_id"):
                 note = f"job {job['job_id']} {note}".strip()
         text = _fmt(pr.overrides) or "(base)"
-        rows.append((pr.run_id, state, text if len(text) <= 90 else text[:89] + "…", note))
-    header = ("id", "state", "overrides", "note")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
+        rows.append((pr.run_id, state, text if len(text) <= 90 else text[:89] + "…",
+                     *([plan(pr.config)] if plan else []), note))
+    header = ("id", "state", "overrides", *(["plan mem/GPU"] if plan else []), "note")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -620,7 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(f"sweep {sweep.cfg.name}: {len(planned)} runs in {sweep.root}"
               f" (cluster: {resolve_cluster(args.cluster or sweep.cfg.launcher.cluster)})")
-        print(status_table(planned))
+        from harness.plan import memory_column
+
+        print(status_table(planned, plan=memory_column(sweep.cfg.launcher)))
         return 0
     old_term = _sigterm_as_interrupt()
     try:
