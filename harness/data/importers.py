@@ -129,11 +129,11 @@ def _pico_attribute(instruction: str) -> str | None:
 
 # GPT-Image-Edit-1.5M `task` values: the card names "edit", "addition", "add"; the others are the
 # sources' own task names (OmniEdit's seven tasks, UltraEdit's), matched by the words they contain.
-_GPT_WORDS = (
+_GPT_WORDS = (  # first match wins: 'background_swap' is a background edit, not a replacement
     (("remov", "delet", "eras"), "remove"),
+    (("background", "bg"), "background"),
     (("swap", "replac"), "replace"),
     (("addition", "add", "insert"), "add"),
-    (("background", "bg"), "background"),
     (("style",), "style"),
     (("colour", "color"), "color"),
     (("texture", "material"), "texture"),
