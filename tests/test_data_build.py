@@ -243,14 +243,15 @@ def test_preflight_stops_a_build_before_any_work_with_one_line(tmp_path, monkeyp
         monkeypatch.delenv("VLLM_TEST_KEY", raising=False)
         rc = main(["build", "--images", str(images), "--out", str(tmp_path / "a"), *vlm_args(server),
                    "vlm.api_key_env=VLLM_TEST_KEY"])
-        assert rc == 2 and "VLLM_TEST_KEY is not set" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert rc == 2 and "vlm.api_key_env: environment variable VLLM_TEST_KEY is not set" in err
         monkeypatch.setenv("VLLM_TEST_KEY", "sk-wrong-key-000000")
         rc = main(["build", "--images", str(images), "--out", str(tmp_path / "b"), *vlm_args(server),
                    "vlm.api_key_env=VLLM_TEST_KEY"])
         err = capsys.readouterr().err
         assert rc == 2 and "rejected" in err and "sk-wrong-key" not in err and len(err.strip().splitlines()) == 1
         assert server.judged == []
-    assert not (tmp_path / "b" / "images").exists()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written before the preflight passes
     with ChatServer(CannedVLM(), models={"other-model"}) as server:
         rc = main(["build", "--images", str(images), "--out", str(tmp_path / "c"), *vlm_args(server)])
         assert rc == 2 and "no model 'Qwen2.5-VL-32B-Instruct'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The instruction dataset: build it with a VLM (paper, App. D), import a public one, look at it.
+r"""The instruction dataset: build it with a VLM (paper, App. D), import a public one, look at it.
 
     python -m harness.data build --images SRC --vlm configs/data/qwen2.5-vl-32b.yaml --out DATASET \
         [--types color add ...] [--per-image 4] [--customization] [--prompts FILE] [vlm.KEY=VALUE ...]

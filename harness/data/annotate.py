@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from benchmarks.judges.base import JudgeRequest, JudgeRunner, Verdict, build_judge, preflight
+from benchmarks.judges.base import JudgeFatalError, JudgeRequest, JudgeRunner, Verdict, build_judge, preflight
 from benchmarks.judges.cache import JudgeCache
 from harness import config as C
 from harness.data.edit_types import LOCAL_TYPES, removed_object, with_article
@@ -68,7 +68,10 @@ class VLM:
 
     def preflight(self) -> None:
         """One cheap request (endpoint, key, model); JudgeFatalError (one line naming the key) if it fails."""
-        self.preflight_calls += preflight(self.cfg)
+        try:
+            self.preflight_calls += preflight(self.cfg)
+        except JudgeFatalError as e:  # the judge layer names its keys judge.*; here they are vlm.*
+            raise JudgeFatalError(str(e).replace("judge.", "vlm.").replace("judge preflight", "VLM preflight")) from e
 
     def ask(self, system: str, prompt: str, images: tuple[Image.Image, ...], parse: Callable[[str], Any]) -> Verdict:
         return self.runner.ask(JudgeRequest(prompt, images, system=system), parse)

@@ -1,4 +1,4 @@
-"""The instruction-dataset builder (paper, Sec. 4.1 and Appendix D): reference images in, (y, c, c^y, c^x)
+r"""The instruction-dataset builder (paper, Sec. 4.1 and Appendix D): reference images in, (y, c, c^y, c^x)
 tuples out, with a VLM behind any OpenAI-compatible endpoint.
 
     python -m harness.data build --images SRC --vlm configs/data/qwen2.5-vl-32b.yaml --out DATASET \
@@ -226,9 +226,9 @@ def build(opts: BuildOptions, P: PromptSet, vlm: VLM, *, progress: bool = True) 
     if (done and done.get("builder") == meta["builder"] and (opts.out / "instructions.jsonl").is_file()
             and not vlm.runner.retry_failed):
         return {**done, "already_built": True}  # finished before with these settings: nothing to ask
+    vlm.preflight()  # before anything is written: a wrong endpoint, key or model leaves no folder behind
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / STATE_DIR).mkdir(exist_ok=True)
-    vlm.preflight()
     results = builder.run(src)
     summary: Counter = Counter()
     info = write_dataset(opts.out, builder.rows(results, summary), name=opts.name or opts.out.name, meta=meta)

@@ -1,4 +1,4 @@
-"""Importers of public editing datasets: instruction data for NP-Edit (targets dropped) and, where the
+r"""Importers of public editing datasets: instruction data for NP-Edit (targets dropped) and, where the
 source has targets, paired data for the SFT baseline, both in the harness's format.
 
     python -m harness.data import pico-banana sft.jsonl --images ROOT --out DATASET
