@@ -404,3 +404,24 @@ def test_the_built_dataset_trains_a_toy_np_edit_run(tmp_path, tmp_path_factory):
     metrics = rd.read_metrics()
     assert [m["step"] for m in metrics] == [1, 2]
     assert (rd.model_dir / "denoiser.safetensors").is_file()
+
+
+def test_builds_from_a_datasets_save_to_disk_folder_with_an_empty_image_cell_named(tmp_path):
+    import datasets
+
+    feats = datasets.Features({"img": datasets.Image(), "text": datasets.Value("string")})
+    train = datasets.Dataset.from_dict({"img": [shape_image("red"), None, shape_image("blue")],
+                                        "text": ["a red ball", "nothing", ""]}, features=feats)
+    test = datasets.Dataset.from_dict({"img": [shape_image("green")], "text": ["a green ball"]}, features=feats)
+    datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "hf"))
+    with ChatServer(CannedVLM()) as server:
+        common = ["--image-column", "img", "--caption-column", "text", "--types", "color", "--per-image", "1",
+                  *vlm_args(server)]
+        assert main(["build", "--images", str(tmp_path / "hf"), "--out", str(tmp_path / "a"), *common]) == 0
+        assert sum(stage_of(r) == "caption" for r in server.judged) == 1  # the blue row has an empty caption
+        assert main(["build", "--images", str(tmp_path / "hf"), "--out", str(tmp_path / "b"), "--split", "test", *common]) == 0
+        assert main(["build", "--images", str(tmp_path / "hf"), "--out", str(tmp_path / "c"), "--split", "val", *common]) == 2
+    assert [r.caption_ref for r in read_instructions(tmp_path / "a")] == ["a red ball", "a red circle on a white background"]
+    unreadable = json.loads((tmp_path / "a" / "build_report.json").read_text())["unreadable"]
+    assert [u["source"] for u in unreadable] == ["hf:row 1"]
+    assert [r.caption_ref for r in read_instructions(tmp_path / "b")] == ["a green ball"]

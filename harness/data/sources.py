@@ -244,12 +244,22 @@ def open_images(src: str | Path, *, image_column: str = "image", caption_column:
         for name, row in rows:
             if image_column not in row:
                 raise SourceError(f"{src}: {name}: no column {image_column!r} (--image-column)")
-            read, suffix, where = image_reader(row[image_column], rows.base, f"{src.name}:{name}")
+            try:
+                read, suffix, where = image_reader(row[image_column], rows.base, f"{src.name}:{name}")
+            except SourceError as e:  # an empty cell: this row's image is unreadable, the others still count
+                read, suffix, where = _unreadable_cell(str(e)), "", f"{src.name}:{name}"
             cap = row.get(caption_column) if has_caption else None
             cap = str(cap).strip() if cap is not None and str(cap).strip() else None
             yield SourceItem(where, read, cap, suffix)
 
     return Source(rows.kind, rows.count, items, src)
+
+
+def _unreadable_cell(why: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        raise OSError(why)
+
+    return read
 
 
 def _folder(src: Path) -> Source:
