@@ -116,6 +116,9 @@ def test_generic_csv_and_parquet_with_columns_named_on_the_command_line(tmp_path
     assert "no column 'obj' (given by --object-column)" in err and "what" in err
     assert main(["import", "generic", str(csv), "--out", str(tmp_path / "h")]) == 2
     assert "--type-column" in capsys.readouterr().err
+    assert main(["import", "generic", str(csv), "--out", str(tmp_path / "h"), "--edit-type", "color", "vlm.model=x"]) == 2
+    assert "vlm.model=x: VLM settings apply only with --vlm CONFIG" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()
     # parquet with `datasets` Image cells (bytes), one type for every row
     buf = io.BytesIO()
     Image.new("RGB", (30, 20), F.RGB["blue"]).save(buf, format="PNG")

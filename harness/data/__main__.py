@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import":
             from harness.data import importers
 
+            if not args.vlm and (args.options or args.retry_failed):
+                given = " ".join(args.options) or "--retry-failed"
+                raise C.ConfigError(f"{given}: VLM settings apply only with --vlm CONFIG (captions written by a VLM)")
             return importers.main(args, _vlm if args.vlm else None)
         from harness.data import stats
 
