@@ -59,6 +59,21 @@ def test_pico_banana_manifest_imports_as_instructions_and_pairs(tmp_path, capsys
     assert torch.allclose(batch.targets[first], grey.expand(3, 16, 16), atol=1e-4)  # 1.png is grey
 
 
+def test_pico_banana_without_its_edited_images_imports_instructions_only(tmp_path, capsys):
+    manifest = F.pico_banana(tmp_path / "pico")
+    import shutil
+
+    shutil.rmtree(tmp_path / "pico" / "images")  # only the Open Images sources were downloaded
+    out = tmp_path / "pb"
+    assert main(["import", "pico-banana", str(manifest), "--images", str(tmp_path / "pico"), "--out", str(out),
+                 "--no-pairs"]) == 0
+    assert [r.edit_type for r in read_instructions(out)] == ["remove", "color", "texture", "style", "style"]
+    assert not out.with_name("pb-pairs").exists()
+    s = meta(out)["summary"]
+    assert s["pairs"] == 0 and "unreadable_target" not in s
+    assert "paired data" not in capsys.readouterr().out
+
+
 def test_pico_banana_types_cover_the_35_operations_and_multi_turn_is_refused(tmp_path, capsys):
     assert len({k for k in PICO_TYPES}) >= 35
     assert PICO_TYPES[normalize("Photo → cartoon/sketch/comic")] == "style"

@@ -347,6 +347,7 @@ class ImportOptions:
     split: str | None = None
     name: str = ""
     workers: int = 4
+    pairs: bool = True  # False: targets are neither read nor written (e.g. pico-banana without its edited images)
 
 
 def parse_map(items: list[str]) -> dict[str, str | None]:
@@ -463,7 +464,7 @@ class Importer:
         d.inst = {**base, "image": self._store(rec.ref, ref, self.opts.out, "images")}
         d.counts["records"] += 1
         d.counts[f"type::{t}"] += 1
-        if rec.target is not None:
+        if rec.target is not None and self.opts.pairs:
             try:
                 target = self._read(rec.target)
                 pref = self._store(rec.ref, ref, self.pairs_out, "images")
@@ -557,6 +558,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--object-column", help="generic: the object the edit is about (needed by removals)")
     p.add_argument("--id-column", help="generic: a record id column")
     p.add_argument("--split", help="the split of a `datasets` DatasetDict (default: train)")
+    p.add_argument("--no-pairs", action="store_true", help="instruction data only: do not read the targets nor write "
+                   "DATASET-pairs (e.g. pico-banana's sources without its edited images, as nupurkmr9/npedit downloads it)")
     p.add_argument("--link", action="store_true", help="hard-link image files into the datasets instead of copying "
                    "(copies across filesystems)")
     p.add_argument("--limit", type=int, default=0, help="only the first N records (0: all)")
@@ -572,7 +575,7 @@ def options(args: argparse.Namespace) -> ImportOptions:
                          pairs_out=Path(args.pairs_out) if args.pairs_out else None,
                          images=Path(args.images) if args.images else None, type_map=parse_map(args.map),
                          instruction_key=args.instruction_key, columns=cols, link=args.link, limit=args.limit,
-                         split=args.split, name=args.name, workers=args.workers)
+                         split=args.split, name=args.name, workers=args.workers, pairs=not args.no_pairs)
 
 
 def check_out(folder: Path, kind: str) -> None:
