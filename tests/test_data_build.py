@@ -425,3 +425,32 @@ def test_builds_from_a_datasets_save_to_disk_folder_with_an_empty_image_cell_nam
     unreadable = json.loads((tmp_path / "a" / "build_report.json").read_text())["unreadable"]
     assert [u["source"] for u in unreadable] == ["hf:row 1"]
     assert [r.caption_ref for r in read_instructions(tmp_path / "b")] == ["a green ball"]
+
+
+def test_requests_run_concurrently_up_to_the_limit(tmp_path):
+    import threading
+    import time
+
+    lock, now, peak = threading.Lock(), [0], [0]
+
+    def slow(step):
+        def answer(rec):
+            with lock:
+                now[0] += 1
+                peak[0] = max(peak[0], now[0])
+            time.sleep(0.05)
+            with lock:
+                now[0] -= 1
+            return step(rec)
+        return answer
+
+    from tests.canned_vlm import default_caption, default_proposal
+
+    vlm = CannedVLM(caption=slow(default_caption), proposal=slow(default_proposal), validity=slow(default_validity))
+    images = folder(tmp_path, colors=("red", "blue", "green"))
+    for i, c in enumerate(("red", "blue", "green")):  # six distinct images
+        shape_image(c, size=44).save(images / f"{c}-{i}.png")
+    with ChatServer(vlm) as server:
+        assert build(images, tmp_path / "ds", server, "--types", "color", "--per-image", "1", concurrency=3) == 0
+    assert len(read_instructions(tmp_path / "ds")) == 6
+    assert 2 <= peak[0] <= 3  # images asked about at once, never more than vlm.concurrency
