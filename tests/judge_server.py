@@ -77,8 +77,13 @@ class Recorded:
     headers: dict[str, str]
 
     @property
+    def system(self) -> str:
+        """The system message ('' when the request has none)."""
+        return next((m["content"] for m in self.body["messages"] if m.get("role") == "system"), "")
+
+    @property
     def parts(self) -> list[dict[str, Any]]:
-        content = self.body["messages"][0]["content"]
+        content = [m for m in self.body["messages"] if m.get("role") != "system"][-1]["content"]
         return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
     @property

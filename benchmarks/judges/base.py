@@ -53,6 +53,7 @@ class ReplyParseError(ValueError):
 class JudgeRequest:
     prompt: str
     images: tuple[Image.Image, ...]
+    system: str = ""  # a system message before the user's (the dataset builder's prompts have one); part of the cache key
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class JudgeRunner:
     def _ask_pass(self, request: JudgeRequest, digests: list[str], parse: Callable[[str], Any], p: int) -> Verdict:
         # pass 0 keeps the key of a single-pass question, so passes: N reuses a passes: 1 cache
         identity = self._identity if p == 0 else {**self._identity, "pass": p}
-        key = request_key(identity, request.prompt, digests)
+        key = request_key(identity, request.prompt, digests, system=request.system)
         entry = self.cache.get(key)
         if entry is not None:
             verdict = self._from_entry(entry, parse)
@@ -292,6 +293,7 @@ class JudgeRunner:
             "pass": p,
             "judge": identity,
             "prompt": request.prompt,
+            **({"system": request.system} if request.system else {}),
             "time": utc_now(),
         })
         if error is not None:

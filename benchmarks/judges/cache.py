@@ -25,8 +25,12 @@ def image_digest(image: Image.Image) -> str:
     return h.hexdigest()
 
 
-def request_key(identity: dict[str, Any], prompt: str, image_digests: list[str]) -> str:
-    canon = json.dumps({"judge": identity, "prompt": prompt, "images": image_digests}, sort_keys=True, ensure_ascii=False)
+def request_key(identity: dict[str, Any], prompt: str, image_digests: list[str], system: str = "") -> str:
+    """`system`: the request's system message, keyed only when there is one (so judge keys stay as they were)."""
+    obj: dict[str, Any] = {"judge": identity, "prompt": prompt, "images": image_digests}
+    if system:
+        obj["system"] = system
+    canon = json.dumps(obj, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 

@@ -121,9 +121,11 @@ class OpenAIJudge:
         text = [{"type": "text", "text": request.prompt}]
         images = [{"type": "image_url", "image_url": {"url": encode_image(im, self.cfg.image_format, self.cfg.jpeg_quality)}}
                   for im in request.images]
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages.append({"role": "user", "content": images + text if self.cfg.images_first else text + images})
         body: dict[str, Any] = {
             "model": self.cfg.model,
-            "messages": [{"role": "user", "content": images + text if self.cfg.images_first else text + images}],
+            "messages": messages,
             "temperature": self.cfg.temperature,
         }
         if self.cfg.seed is not None:
