@@ -72,6 +72,7 @@ BUILTIN_MODULES: list[str] = [
     "methods.sft",
     "methods.flow_grpo",
     "harness.toyworld.assets",
+    "methods.external",
     "harness.models.zimage",
 ]
 _loaded = False
