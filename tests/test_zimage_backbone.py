@@ -5,6 +5,7 @@ reimplementation loaded with torch.load(weights_only=True)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,3 +231,37 @@ def test_bad_checkpoints_and_inputs_give_clear_errors(folder, bb, tmp_path):
     with pytest.raises(ValueError, match="must have the shape of x_t"):
         den(x, 0.5, text, ref[..., :8, :8])
     assert isinstance(den, ZImageDenoiser)
+
+
+def test_npedit_checkpoint_scored_as_a_row(folder, bb, tmp_path):
+    """configs/editors/npedit-zimage.yaml with a tiny Z-Image and a checkpoint in npedit's layout: a run without
+    training whose edits are those of the checkpoint's weights through the shared 4-step sampler."""
+    import json
+
+    from harness import config as C
+    from harness.edit import load_editor
+    from harness.evaluate import main
+    from methods.common import Sampling, SamplingEditor
+    from tests.helpers import write_yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    npedit_checkpoint(bb, tmp_path / "zimage_npedit.pt")
+    cfg = write_yaml(tmp_path / "npedit.yaml", {
+        "include": [str(repo / "configs/editors/npedit-zimage.yaml")],
+        "model": {"backbone": {"path": str(folder), "weights": str(tmp_path / "zimage_npedit.pt"), "dtype": "float32",
+                               "resolution": 32, "max_sequence_length": SEQ, "grad_checkpointing": False}},
+        "eval": {"benchmarks": [{"name": "shapes_edit", "n_per_type": 2, "edit_types": ["color"], "lpips": False}]},
+    })
+    assert C.load_run_config(cfg).method.name == "backbone_editor"
+    runs = tmp_path / "runs"
+    assert main(["--config", str(cfg), "--benchmark", "shapes_edit", "--runs-dir", str(runs), "--device", "cpu"]) == 0
+    (rd,) = (runs / "editors").iterdir()
+    (r,) = json.loads((rd / "result.json").read_text())["results"]
+    assert r["meta"]["sampling"] == {"sampler": "few_step", "steps": 4, "guidance": 1.0}
+    row = load_editor(rd, device="cpu")
+    loaded = load(folder, weights=str(tmp_path / "zimage_npedit.pt"))
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    expected = SamplingEditor(loaded, loaded.make_denoiser(trainable=False), Sampling("few_step", 4, 1.0))
+    torch.testing.assert_close(row.edit_tensor(images, PROMPTS, seed=1), expected.edit_tensor(images, PROMPTS, seed=1))
+    plain_row = SamplingEditor(bb, bb.make_denoiser(trainable=False), Sampling("few_step", 4, 1.0))
+    assert (row.edit_tensor(images, PROMPTS, seed=1) - plain_row.edit_tensor(images, PROMPTS, seed=1)).abs().max() > 1e-3
