@@ -3,6 +3,7 @@
     python -m harness.evaluate --run RUN_DIR --benchmark shapes_edit [key=value ...]
     python -m harness.evaluate --run RUN_DIR --benchmark gedit path=/data/GEdit-Bench judge.model=gpt-4.1
     python -m harness.evaluate --run RUN_DIR --benchmark shapes_edit eval.sampler=euler eval.steps=28 eval.guidance=1
+    python -m harness.evaluate --config configs/editors/flux.1-kontext-dev.yaml --benchmark gedit path=/data/GEdit-Bench
     python -m harness.evaluate --outputs DIR --benchmark imgedit path=/data/ImgEdit/Benchmark/Basic \
         --judge configs/judges/gpt-4o.yaml [--out OUT] [--dry-run]
 
@@ -19,6 +20,11 @@ defaults to the run's). Each setting has its own output folder, so the outputs a
 others are kept: result.json holds one result per benchmark, subset and setting, each recording its
 setting in `meta` (sampling, eval_seed, benchmark_config), and reports.collect turns that into the
 columns eval.sampler, eval.steps, eval.guidance, eval.seed, eval.benchmark_config of results.csv.
+
+--config CONFIG: an editor that trains nothing (configs/editors/*.yaml: a diffusers pipeline, or a backbone
+as it is) is scored as a run: its folder runs/editors/<id> is made as harness.train makes it (--runs-dir,
+--group; --set KEY=VALUE changes the config), then it goes as --run RUN_DIR, and a later --run on that
+folder re-scores it (eval.steps=4 ...; eval.sampler is the pipeline's own and cannot change).
 
 --outputs DIR: DIR holds edits in the benchmark's public layout (imgedit, imgedit_uge: DIR/{key}.png;
 gedit: DIR/fullset/{task_type}/{language}/{key}.png; dreambooth: DIR/{subject}/{NN}_{k}.png). Nothing is
@@ -166,7 +172,11 @@ def _exported_sampling(rd: RunDir, changes: dict[str, Any]) -> dict[str, Any] | 
     """The sampler the run exported (RUN_DIR/model/editor.json) with `changes`, read without loading the
     editor; None for an editor without a sampler setting."""
     path = rd.model_dir / "editor.json"
-    sampling = json.loads(path.read_text()).get("sampling") if path.exists() else None
+    meta = json.loads(path.read_text()) if path.exists() else {}
+    sampling = meta.get("sampling")
+    if meta.get("fixed_sampler") and "sampler" in changes:
+        raise C.ConfigError(f"{rd.model_dir}: this editor samples with its own pipeline ({sampling['sampler']}), so "
+                            "eval.sampler cannot change it (eval.steps, eval.guidance and eval.seed can)")
     if sampling is None:
         if changes:
             raise C.ConfigError(f"{rd.model_dir}: this editor has no sampler setting, so eval.sampler, eval.steps "
@@ -364,6 +374,27 @@ def before_generation(args: argparse.Namespace, cfg: Any, rd: RunDir, bcfg: Any,
     return False
 
 
+def editor_run(config: str, overrides: list[str], runs_dir: Path, group: str, device: str = "auto", *,
+               dry_run: bool = False) -> RunDir:
+    """--config: the run folder of an editor that trains nothing (runs_dir/group/<id>, config.yaml and its
+    exported editor.json, as harness.train would write them); nothing is written with `dry_run`."""
+    from harness.registry import METHODS
+    from harness.train import prepare_run_dir, resolve_device
+
+    cfg = C.load_run_config(config, overrides)
+    if getattr(cfg.method, "TRAINS", True):
+        raise C.ConfigError(f"{config}: --config takes an editor that trains nothing (method diffusers or "
+                            f"backbone_editor), not {cfg.method.name!r}: train it with python -m harness.train "
+                            f"{config}, then score it with --run RUN_DIR")
+    if dry_run:
+        return RunDir(runs_dir / group / C.config_hash(cfg))
+    rd = prepare_run_dir(cfg, runs_dir, group)
+    if not (rd.model_dir / "editor.json").exists():
+        METHODS.get(cfg.method.name).build(cfg, rd, resolve_device(device)).export(str(rd.model_dir))
+    print(f"run {rd.id}: {rd.path}", file=sys.stderr)
+    return rd
+
+
 def judge_errors_exit_2(main: Any) -> Any:
     """A judge that cannot work (no key, key refused, unknown model, unreachable) ends the command with
     its one-line message and exit status 2, wherever it shows (preflight or the first request)."""
@@ -414,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--run", help="a run folder with a trained model (RUN_DIR/model)")
     mode.add_argument("--outputs", metavar="DIR", help="score the edits in DIR (the benchmark's public layout, any model's)")
+    mode.add_argument("--config", metavar="CONFIG", help="an editor that trains nothing (configs/editors/*.yaml): "
+                      "its run folder RUNS_DIR/GROUP/<id> is made as harness.train makes it, then scored as with --run")
     p.add_argument("--benchmark", required=True, help=f"benchmark name ({', '.join(BENCHMARKS.names())}); with "
                    "--run, the run's own config of it (eval.benchmarks) is the base of the options")
     p.add_argument("options", nargs="*", help="benchmark config overrides, key=value (judge.KEY=VALUE for the judge); "
@@ -421,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
                    "eval.guidance=X, eval.seed=N, eval.batch_size=N")
     p.add_argument("--judge", metavar="FILE", help="a judge config (e.g. configs/judges/gpt-4.1.yaml) merged onto the benchmark's judge")
     p.add_argument("--out", metavar="OUT", help="with --outputs: where results, judge cache and per-sample rows go (default: DIR_eval)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --config: a run config override (repeatable), e.g. --set method.steps=4")
+    p.add_argument("--runs-dir", default="runs", help="with --config: root of run folders (default: runs)")
+    p.add_argument("--group", default="editors", help="with --config: subfolder of --runs-dir (default: editors)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved benchmark and judge, do nothing")
     p.add_argument("--device", default="auto")
     args = p.parse_intermixed_args(argv)  # key=value options before or after the flags
@@ -429,15 +466,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         p.error("--out goes with --outputs (a run's results go into the run folder)")
 
+    if args.set and args.config is None:
+        p.error("--set goes with --config (a run's config is fixed once it exists)")
+
     from harness.edit import EditError, load_editor
     from harness.train import load_run
 
+    if args.config is not None:
+        try:
+            args.run = str(editor_run(args.config, args.set, Path(args.runs_dir), args.group, args.device,
+                                      dry_run=args.dry_run).path)
+        except (C.ConfigError, KeyError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     rd = RunDir(args.run)
-    if not rd.config_path.exists():
+    if not rd.config_path.exists() and not (args.config and args.dry_run):
         print(f"error: {rd.config_path}: not a run folder (no config.yaml)", file=sys.stderr)
         return 2
     try:
-        cfg = load_run(rd)
+        cfg = load_run(rd) if rd.config_path.exists() else C.load_run_config(args.config, args.set)
         load_plugins(cfg.plugins)
         setting, options = _eval_options(args.options)
         # the run's own config of this benchmark (as trained and scored), else the benchmark's defaults
@@ -448,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         from harness.preflight import check_benchmark
 
         check_benchmark(bcfg, "benchmark")  # a missing benchmark path fails before the model loads
+        if sampling is None and args.config is not None:  # --dry-run: the setting the editor would export
+            from methods.common import eval_sampling
+
+            sampling = {**dataclasses.asdict(eval_sampling(cfg, cfg.method.default_sampling())), **changes}
     except (C.ConfigError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

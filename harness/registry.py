@@ -72,6 +72,8 @@ BUILTIN_MODULES: list[str] = [
     "methods.sft",
     "methods.flow_grpo",
     "harness.toyworld.assets",
+    "methods.external",
+    "harness.models.zimage",
 ]
 _loaded = False
 

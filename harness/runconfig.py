@@ -113,9 +113,15 @@ class RunConfig:
     def validate(self) -> None:
         """Model entries that depend on the rest of the run (registry Spec.resolve) take it here,
         so that config.yaml, the run id and an exported editor all record what the run used."""
-        from harness.registry import BACKBONES, CRITICS
+        from harness.registry import BACKBONES, CRITICS, METHODS
 
         check_range(self, "seed", ge=0, lt=SEED_MAX)
+        resolve = METHODS.get(self.method.name).resolve if self.method is not None else None
+        if resolve is not None:  # e.g. an editor that trains nothing resets the parts it does not use
+            try:
+                self.method = resolve(self.method, self)
+            except ValueError as e:
+                raise ValueError(f"method: {e}") from None
         for part, reg in (("backbone", BACKBONES), ("critic", CRITICS)):
             section = getattr(self.model, part)
             resolve = reg.get(section.name).resolve if section is not None else None
