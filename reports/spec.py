@@ -264,7 +264,8 @@ def tuning_sentence(tuning: dict[str, Any]) -> str:
     budget = f"with {trials} trials each" if trials else "each"
     where = f" on {tuning['objective']}" if tuning.get("objective") else ""
     src = f" ({tuning['file']})" if tuning.get("file") else ""
-    return f"Every row's hyperparameters tuned {budget}{where}{src}."
+    note = f" {tuning['note'].strip()}" if tuning.get("note") else ""  # e.g. which rows are references, not tuned
+    return f"Every row's hyperparameters tuned {budget}{where}{src}.{note}"
 
 
 def spec_from_dict(data: Any, source: str = "<report>") -> ReportSpec:

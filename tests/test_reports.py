@@ -630,6 +630,11 @@ def test_a_sweeps_tuning_record_is_named_in_every_caption(tmp_path: Path) -> Non
     sentence = "Every row's hyperparameters tuned with 8 trials each on shapes_edit/val O (maximize) (sweeps/toy/tune_x.yaml)."
     assert sentence.replace("_", r"\_") in (root / "report" / "t.tex").read_text()
     assert sentence.replace("_", r"\_") in (root / "report" / "t.md").read_text()
+    (root / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "s", "report": {"tables": [table]},
+        "tuning": {"trials_per_variant": 8, "note": "The untrained row is a reference, not tuned."}}))
+    build_report(root)
+    assert "tuned with 8 trials each. The untrained row is a reference, not tuned." in (root / "report" / "t.md").read_text()
     (root / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "report": {"tables": [table]}}))
     build_report(root)
     assert "tuned" not in (root / "report" / "t.tex").read_text()
