@@ -215,6 +215,10 @@ def _stop_signals() -> tuple[int, ...]:
 
 def setup_distributed() -> None:
     """One task per GPU: initialise torch.distributed from submitit's environment when there are several."""
+    # Plain torch, not accelerate's PartialState/Accelerator: submitit already gives the rank, world size
+    # and master address (exported below), which is all those would read here, and making a PartialState
+    # also sets torch's thread count in multi-process CPU jobs (undoing RunJob's cpus_per_task) and would
+    # own the process group that models/sharding.py and the exact-resume checkpoints rely on.
     import torch.distributed as dist
 
     try:

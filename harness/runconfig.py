@@ -63,6 +63,9 @@ class TrainConfig:
     keep_checkpoints: int = nohash(2)
     log_every: int = nohash(10)
     sample_every: int = nohash(0, help="steps between sample-edit grids; 0 = only at the end")
+    # Trackers that also get the metrics, config, sample grids and results (harness.tracking).
+    log_with: list[str] = nohash(default_factory=list, help="[] | [tensorboard] | [wandb] | [tensorboard, wandb]")
+    wandb_project: str = nohash("", help="W&B project; '' = $WANDB_PROJECT, else np-edit")
 
     def validate(self) -> None:
         check_range(self, "steps", ge=0)
@@ -79,6 +82,11 @@ class TrainConfig:
         check_range(self, "keep_checkpoints", ge=0, note="0 = keep all")
         check_range(self, "log_every", ge=1)
         check_range(self, "sample_every", ge=0, note="0 = only at the end")
+        from harness.tracking import check_trackers
+
+        problem = check_trackers(self.log_with)
+        if problem:
+            raise FieldError("log_with", problem)
 
 
 @dataclass

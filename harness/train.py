@@ -27,6 +27,7 @@ import torch
 from harness import config as C
 from harness.registry import METHODS
 from harness.runstore import RunDir, RunLock, RunLocked, atomic_write_text
+from harness.tracking import Trackers
 
 
 class NonFiniteLoss(RuntimeError):
@@ -138,9 +139,11 @@ def run(run_dir: Path, *, progress: bool | None = None,
             rd.set_status("running", **job)
         if progress is None:
             progress = sys.stderr.isatty()
+        trackers = Trackers(cfg, rd, main=main)
         try:
             with StopSignals(stop_signals) as stop:
-                result = _run(rd, cfg, progress=progress, main=main, preemption=preemption, stop=stop)
+                result = _run(rd, cfg, progress=progress, main=main, preemption=preemption, stop=stop,
+                              trackers=trackers)
         except SystemExit:
             raise
         except KeyboardInterrupt as e:  # not the run's failure: a plain rerun resumes it
@@ -154,6 +157,8 @@ def run(run_dir: Path, *, progress: bool | None = None,
                 rd.write_error(traceback.format_exc())
                 rd.set_status("failed", **job)
             raise
+        finally:
+            trackers.close()
         if main:
             rd.set_status("done", **job)
         return result
@@ -184,13 +189,14 @@ def _all_ranks_agree(value: Any) -> Any:
 
 
 def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any,
-         stop: StopSignals | None = None) -> dict[str, Any]:
+         stop: StopSignals | None = None, trackers: Trackers | None = None) -> dict[str, Any]:
     from tqdm import tqdm
 
     t_build = time.time()
     from harness.data.sampling import bad_images_policy
 
     stop = stop or StopSignals(())
+    trackers = trackers or Trackers(cfg, rd, main=False)
     seed_everything(cfg.seed, cfg.train.deterministic)
     device = resolve_device(cfg.train.device)
     spec = METHODS.get(cfg.method.name)
@@ -206,6 +212,7 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any,
         del ck
     if main:
         rd.truncate_metrics(start)
+    trackers.start(start)
 
     def save(step: int) -> None:
         state = method.state_dict()  # every rank: gathering sharded weights is a collective
@@ -222,10 +229,12 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any,
         _check_finite(metrics, step)
         done = step + 1
         if main and (done % cfg.train.log_every == 0 or done == steps):
-            rd.log_metrics({"step": done, "time": round(time.time() - t0, 3), **metrics})
+            row = {"step": done, "time": round(time.time() - t0, 3), **metrics}
+            rd.log_metrics(row)
+            trackers.log(row, done)
             bar.set_postfix({k: f"{v:.4g}" for k, v in list(metrics.items())[:4]})
         if cfg.train.sample_every and done % cfg.train.sample_every == 0 and main and _world_size() == 1:
-            _save_samples(method, rd, done)
+            _save_samples(method, rd, done, trackers)
         saved = done % cfg.train.ckpt_every == 0 or done == steps
         if saved:
             save(done)
@@ -255,12 +264,14 @@ def _run(rd: RunDir, cfg: Any, *, progress: bool, main: bool, preemption: Any,
 
         editor = load_editor(rd.path, device=str(device))
     else:
-        _save_samples(method, rd, steps)
+        if not (rd.samples_dir / f"step_{steps:08d}.png").exists():  # sample_every wrote it (or the process before)
+            _save_samples(method, rd, steps, trackers)
         editor = method.editor()
     timing["export_s"] = round(time.time() - t1, 1)
     t2 = time.time()
     results = evaluate_editor(editor, cfg, rd, progress=progress, preemption=preemption)
     timing["evaluate_s"] = round(time.time() - t2, 1)
+    trackers.log_results(results, steps)
     out = {
         "run_id": rd.id,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -289,11 +300,14 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def _save_samples(method: Any, rd: RunDir, step: int) -> None:
+def _save_samples(method: Any, rd: RunDir, step: int, trackers: Trackers | None = None) -> None:
     fn = getattr(method, "save_samples", None)
     if fn is not None:
         rd.samples_dir.mkdir(parents=True, exist_ok=True)
-        fn(rd.samples_dir / f"step_{step:08d}.png")
+        path = rd.samples_dir / f"step_{step:08d}.png"
+        fn(path)
+        if trackers is not None and path.exists():
+            trackers.log_image(path, step)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,13 @@ With FSDP2 the parameters become DTensors sharded along dim 0 and gradients are 
 `load_full_trainable_state` turn them into / from ordinary full tensors for checkpoints and exports.
 
 Every rank must call the sharded denoiser the same number of times, in the same order (collectives).
+
+This calls torch's fully_shard itself, as accelerate's FSDP2 plugin does, rather than going through
+the plugin: that shards what Accelerator.prepare is given, under one mixed-precision policy for every
+unit (the root here must not cast its inputs, so velocities keep x_t's dtype), and brings its own
+state-dict and save_state paths; a method here shards its denoisers (frozen teacher included, outside
+any optimizer), leaves the critic whole, and checkpoints the full tensors of full_trainable_state in
+the layout that the exact-resume tests check.
 """
 from __future__ import annotations
 

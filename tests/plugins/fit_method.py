@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ class FitConfig:
     fail_at_step: int = -1
     fail_if_file: str = ""  # fail at fail_at_step only while this file exists
     nan_at_step: int = -1
+    samples: bool = field(default=False, metadata={"hash": "unless_default"})  # write sample grids (sample_png)
 
 
 class FitEditor:
@@ -54,6 +55,8 @@ class FitMethod:
         self.opt = torch.optim.Adam([self.w], lr=self.mcfg.lr, betas=tuple(cfg.train.betas))
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.rd = rd
+        if self.mcfg.samples:
+            self.save_samples = self._save_samples
         with open(rd.path / "starts.log", "a") as f:  # lets tests count (re)starts
             f.write(f"{os.getpid()} threads={torch.get_num_threads()}\n")
 
@@ -68,6 +71,9 @@ class FitMethod:
         if self.mcfg.step_seconds:
             time.sleep(self.mcfg.step_seconds)
         return {"loss": float("nan") if step == self.mcfg.nan_at_step else loss.item()}
+
+    def _save_samples(self, path):
+        sample_png(int(Path(path).stem.removeprefix("step_"))).save(path)
 
     def state_dict(self):
         return {"w": self.w.detach().clone(), "opt": self.opt.state_dict(), "rng": self.gen.get_state()}
@@ -86,6 +92,13 @@ class FitMethod:
         save_file({"w": self.w.detach().contiguous()}, str(Path(folder) / "w.safetensors"))
         (Path(folder) / "editor.json").write_text(json.dumps(
             {"loader": "tests.plugins.fit_method:load_editor", "target": self.mcfg.target}))
+
+
+def sample_png(step):
+    """The fit method's 'sample grid' after `step` steps: a small image that names its step."""
+    from PIL import Image
+
+    return Image.new("RGB", (6, 4), (step % 256, 255 - step % 256, 7))
 
 
 def load_editor(folder, device="cpu"):
