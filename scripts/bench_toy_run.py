@@ -2,7 +2,7 @@
 recipe measured in the same invocation (a benchmark script, not a test).
 
     python scripts/bench_toy_run.py                                  # the default run, vs the previous recipe
-    python scripts/bench_toy_run.py --sweep sweeps/toy/vlm_scale.yaml   # and the README's main sweep
+    python scripts/bench_toy_run.py --sweep sweeps/toy/vlm_scale.yaml   # and a toy sweep
     python scripts/bench_toy_run.py --baseline HEAD~3 --keep /tmp/bench  # any earlier commit as the baseline
 
 The baseline is a git commit (default: the last commit with the previous toy recipe), checked out
