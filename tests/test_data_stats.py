@@ -94,7 +94,9 @@ def test_data_fraction_subsets_are_seeded_and_nested_by_reference_image(tmp_path
     assert refs[0.5] != {r.image for r in subset_by_reference(recs, 0.5, seed=8)}
     # the trainer's loader draws the same subset from a dataset on disk
     ds = tmp_path / "ds"
-    ds.mkdir()
+    (ds / "images").mkdir(parents=True)
+    for i in range(300):  # the loader reads every image before it trains
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(ds / f"images/{i:03d}.png")
     write_instructions(ds, recs)
     data = InstructionData(ds, image_size=8, fraction=0.1, seed=7)
     assert {r.image for r in data.records} == refs[0.1]
