@@ -651,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     print(status_table(planned, show_errors=False))
     build_report(sweep)
     states = [run_state(pr.dir) for pr in planned]
+    if "interrupted" in states:  # e.g. Ctrl-C while jobs were being started, when the sweep ignores it
+        print(f"interrupted: run `python -m harness.sweep {args.sweep}` again to resume", file=sys.stderr)
+        return 130
     return 0 if all(s == "done" for s in states) else 1
 
 

@@ -57,7 +57,11 @@ def folders(tmp_path_factory):
 
     def get(kind):
         if kind not in cache:
-            if kind in BACKBONE_KINDS:
+            if kind == "zimage":
+                from harness.models.tiny_editors import save_tiny_zimage
+
+                cache[kind] = save_tiny_zimage(root / kind, vocab=VOCAB)
+            elif kind in BACKBONE_KINDS:
                 cache[kind] = BACKBONE_KINDS[kind][1](root / kind)
             else:
                 cache[kind] = CRITIC_KINDS[kind](root / f"critic_{kind}", vocab=VOCAB, seed=1)
@@ -170,7 +174,7 @@ def test_np_edit_steps_for_every_backbone_and_critic(backbones, critics, backbon
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = sorted((REPO / "configs" / "models").glob("*.yaml"))
 TINY_KIND = {"sd3": "sd3", "flux": "flux_kontext", "llava": "llava", "llava_onevision": "llava_onevision",
-             "internvl": "internvl", "qwen2_5_vl": "qwen2_5_vl"}
+             "internvl": "internvl", "qwen2_5_vl": "qwen2_5_vl", "zimage": "zimage"}
 
 
 def test_every_real_model_has_a_config():
