@@ -406,6 +406,7 @@ def launch(sweep: Sweep, planned: list[PlannedRun], *, cluster: str | None = Non
     except KeyboardInterrupt:
         if cluster == "local":
             stop_local_jobs(planned, out=out)
+            wait_local_exit(planned)
         elif cluster == "slurm":
             print("stopped waiting; the SLURM jobs stay queued (scancel stops them); "
                   "run the same command again to follow them", file=out)
@@ -550,6 +551,21 @@ def stop_local_jobs(planned: list[PlannedRun], *, out=sys.stdout, wait_s: float 
     print("  " + ", ".join(f"{r}: {st}" for r, st in states.items()) + "; run the same command again to resume", file=out)
 
 
+def wait_local_exit(planned: list[PlannedRun], *, wait_s: float = 120.0, poll_s: float = 0.2) -> None:
+    """Wait until the processes of this host's local jobs of these runs (controller and training process)
+    have exited: a run marks itself interrupted a moment before its process ends."""
+    host = socket.gethostname()
+    pids = []
+    for pr in planned:
+        job = _read_job(pr.dir)
+        if job.get("cluster") == "local" and job.get("host", host) == host \
+                and pr.dir.read_status().get("state") in ("queued", "running", "interrupted"):
+            pids += [int(x) for x in (job.get("job_id"), pr.dir.read_status().get("pid")) if str(x or "").isdigit()]
+    deadline = time.time() + wait_s
+    while any(pid_alive(pid) for pid in pids) and time.time() < deadline:
+        time.sleep(poll_s)
+
+
 def wait_for(planned: list[PlannedRun], *, poll_s: float = 2.0, progress: bool | None = None, out=sys.stdout) -> None:
     """Poll run folders until every run is done, failed, interrupted, or its job is gone."""
     from tqdm import tqdm
@@ -652,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     build_report(sweep)
     states = [run_state(pr.dir) for pr in planned]
     if "interrupted" in states:  # e.g. Ctrl-C while jobs were being started, when the sweep ignores it
+        wait_local_exit(planned)
         print(f"interrupted: run `python -m harness.sweep {args.sweep}` again to resume", file=sys.stderr)
         return 130
     return 0 if all(s == "done" for s in states) else 1
