@@ -6,7 +6,7 @@ backbone's VAE makes (the identity in pixel space).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -28,6 +28,25 @@ class TextEmbedding:
     @staticmethod
     def cat(items: list["TextEmbedding"]) -> "TextEmbedding":
         return TextEmbedding(torch.cat([i.hidden for i in items]), torch.cat([i.pooled for i in items]))
+
+
+def cached_text_embedding(cache: "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]", prompts: list[str],
+                          encode_one: Any, size: int) -> TextEmbedding:
+    """Each prompt's (hidden, pooled) from an LRU cache, encoded one prompt per forward when missing (an
+    embedding must not depend on which prompts shared its batch, or resumed runs would drift from
+    uninterrupted ones); the cache keeps at least this call's prompts."""
+    if isinstance(prompts, str):
+        raise TypeError("encode_text takes a list of prompts, not a string")
+    for p in dict.fromkeys(p for p in prompts if p not in cache):
+        cache[p] = encode_one(p)
+    rows = []
+    for p in prompts:
+        cache.move_to_end(p)
+        rows.append(cache[p])
+    out = TextEmbedding(torch.stack([h for h, _ in rows]), torch.stack([q for _, q in rows]))
+    while len(cache) > max(size, len(set(prompts))):
+        cache.popitem(last=False)
+    return out
 
 
 @runtime_checkable

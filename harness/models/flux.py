@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from harness.config import nohash
-from harness.models.base import TextEmbedding
+from harness.models.base import TextEmbedding, cached_text_embedding
 from harness.models.loading import component_loader, make_trainable, pipeline_components, read_json
 from harness.models.sd3 import DTYPES, as_time
 from harness.registry import BACKBONES, Spec
@@ -257,20 +257,11 @@ class FluxBackbone:
     def encode_text(self, prompts: list[str]) -> TextEmbedding:
         """FLUX prompt embedding: T5 last hidden states (max_sequence_length tokens) and CLIP's pooled
         output. Computed and cached per prompt (LRU)."""
-        if isinstance(prompts, str):
-            raise TypeError("encode_text takes a list of prompts, not a string")
-        for p in dict.fromkeys(p for p in prompts if p not in self._cache):
-            # one prompt per forward: an embedding must not depend on which prompts shared its batch
-            hidden, pooled = self._encode_uncached([p])
-            self._cache[p] = (hidden[0], pooled[0])
-        rows = []
-        for p in prompts:
-            self._cache.move_to_end(p)
-            rows.append(self._cache[p])
-        out = TextEmbedding(torch.stack([h for h, _ in rows]), torch.stack([q for _, q in rows]))
-        while len(self._cache) > max(self.cfg.text_cache_size, len(set(prompts))):
-            self._cache.popitem(last=False)
-        return out
+        return cached_text_embedding(self._cache, prompts, self._encode_one, self.cfg.text_cache_size)
+
+    def _encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, pooled = self._encode_uncached([prompt])
+        return hidden[0], pooled[0]
 
     # -- images -------------------------------------------------------------------------------
 

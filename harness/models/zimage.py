@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from harness.config import nohash
-from harness.models.base import TextEmbedding
+from harness.models.base import TextEmbedding, cached_text_embedding
 from harness.models.flux import scheduler_shift
 from harness.models.loading import component_loader, make_trainable, pipeline_components, read_json
 from harness.models.sd3 import DTYPES, as_time
@@ -313,18 +313,7 @@ class ZImageBackbone:
     def encode_text(self, prompts: list[str]) -> TextEmbedding:
         """Caption features (B, max_sequence_length, D), zero beyond each caption, and their token masks
         (as `pooled`). Computed one prompt at a time and cached (LRU)."""
-        if isinstance(prompts, str):
-            raise TypeError("encode_text takes a list of prompts, not a string")
-        for p in dict.fromkeys(p for p in prompts if p not in self._cache):
-            self._cache[p] = self._encode_one(p)
-        rows = []
-        for p in prompts:
-            self._cache.move_to_end(p)
-            rows.append(self._cache[p])
-        out = TextEmbedding(torch.stack([h for h, _ in rows]), torch.stack([m for _, m in rows]))
-        while len(self._cache) > max(self.cfg.text_cache_size, len(set(prompts))):
-            self._cache.popitem(last=False)
-        return out
+        return cached_text_embedding(self._cache, prompts, self._encode_one, self.cfg.text_cache_size)
 
     # -- images -------------------------------------------------------------------------------
 
