@@ -194,7 +194,8 @@ class Tracer(TorchDispatchMode):
         self.parts[category] -= n
 
     def snapshot(self, name: str) -> None:
-        self.snapshots[name] = {k: v for k, v in self.parts.items() if v}
+        """What is alive at the first entry to a section (with train.grad_accum, the first micro-batch's)."""
+        self.snapshots.setdefault(name, {k: v for k, v in self.parts.items() if v})
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -857,9 +858,17 @@ def candidate_changes(cfg: Any, s: Settings) -> list[dict[str, Any]]:
     if getattr(c, "name", "") == "qwen2_5_vl" and (c.max_pixels == 0 or c.max_pixels > 1024 * 28 * 28):
         out.append({"model.critic.max_pixels": 1024 * 28 * 28})
     batch = cfg.data.batch_size
-    while batch > 1:
-        batch //= 2
-        out.append({"data.batch_size": batch})
+    if hasattr(m, "group_size"):  # Flow-GRPO: fewer prompts per step
+        while batch > 1:
+            batch //= 2
+            out.append({"data.batch_size": batch})
+    else:  # the same batch in smaller micro-batches: the run's recipe is unchanged
+        acc = cfg.train.grad_accum
+        while batch % (2 * acc) == 0:
+            acc *= 2
+            out.append({"train.grad_accum": acc})
+        if acc < batch:
+            out.append({"train.grad_accum": batch})
     if hasattr(b, "fsdp"):
         for g in (2, 4, 8, 16):
             if g > s.gpus:
@@ -970,7 +979,8 @@ def report(plan: Plan) -> str:
     t, s, cfg = plan.trace, plan.settings, plan.cfg
     lines = [f"# plan: {cfg.method.name} on {cfg.model.backbone.name} ({getattr(cfg.model.backbone, 'path', '') or 'built-in'})"
              + (f" + {cfg.model.critic.name} ({getattr(cfg.model.critic, 'path', '') or 'built-in'})" if cfg.model.critic else ""),
-             f"# traced: {t.phase} (step {t.step}), batch {cfg.data.batch_size} per GPU, {s.gpus} GPU(s) of {s.gpu_mem_gib:g} GiB"
+             f"# traced: {t.phase} (step {t.step}), batch {cfg.data.batch_size} per GPU"
+             f"{f' in {cfg.train.grad_accum} micro-batches' if cfg.train.grad_accum > 1 else ''}, {s.gpus} GPU(s) of {s.gpu_mem_gib:g} GiB"
              + (", FSDP over them" if plan.sharded else "")]
     lines.append("")
     lines.append(f"{'model':<40}{'trainable':>12}{'frozen':>12}{'weights':>12}{'grads':>12}{'Adam':>12}")

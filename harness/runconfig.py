@@ -55,6 +55,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     ema_decay: float = 0.0  # 0 = no EMA
+    # Micro-batches per step: each step's data.batch_size samples pass forward and backward in this many
+    # chunks, their gradients summed before one optimizer step (same loss as one pass, less activation
+    # memory; `python -m harness.plan` suggests it when a batch does not fit).
+    grad_accum: int = field(default=1, metadata={"hash": "unless_default"})
     # Start from the final weights of another run (folder), e.g. 'SFT + NP-Edit'; '' = from the pretrained model.
     init_from: str = ""
     deterministic: bool = True
@@ -76,6 +80,7 @@ class TrainConfig:
         check_range(self, "weight_decay", ge=0)
         check_range(self, "grad_clip", ge=0, note="0 = off")
         check_range(self, "ema_decay", ge=0, lt=1, note="0 = no EMA")
+        check_range(self, "grad_accum", ge=1, note="1 = the whole batch in one pass")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise FieldError("device", f"got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
         check_range(self, "ckpt_every", ge=1)
@@ -124,6 +129,9 @@ class RunConfig:
         from harness.registry import BACKBONES, CRITICS, METHODS
 
         check_range(self, "seed", ge=0, lt=SEED_MAX)
+        if self.data.batch_size % self.train.grad_accum:
+            raise FieldError("train.grad_accum", f"got {self.train.grad_accum} for data.batch_size "
+                             f"{self.data.batch_size}; allowed: a divisor of data.batch_size")
         resolve = METHODS.get(self.method.name).resolve if self.method is not None else None
         if resolve is not None:  # e.g. an editor that trains nothing resets the parts it does not use
             try:

@@ -93,6 +93,15 @@ class EMA:
         self.shadow = {k: v.clone() for k, v in state.items()}
 
 
+def micro_batches(n: int, k: int) -> list[list[int]]:
+    """The sample indices of train.grad_accum = k micro-batches of a batch of n (k divides n).
+
+    The methods loop over them themselves: accelerate's accumulate() exists to skip DDP's gradient
+    all-reduce on all but the last micro-batch, and average_gradients below already runs once a step."""
+    size = -(-n // k)
+    return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+
+
 def average_gradients(params: Iterable[nn.Parameter]) -> None:
     """Data parallelism without wrappers: average gradients over ranks (the unroll calls G twice)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

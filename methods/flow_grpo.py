@@ -183,6 +183,9 @@ class FlowGRPO:
         if n < m.minibatches:
             raise ValueError(f"method.minibatches={m.minibatches} exceeds the {n} samples of a step "
                              f"(data.batch_size x method.group_size)")
+        if cfg.train.grad_accum != 1:
+            raise ValueError(f"train.grad_accum={cfg.train.grad_accum}: Flow-GRPO splits its updates itself; set "
+                             f"method.train_batch (samples per forward and backward pass) and leave train.grad_accum at 1")
         self.critic = self._critic(cfg, device)
         self.reward_mode = m.reward if m.reward != "auto" else self._probe_reward()
         self.reward_fn = build_reward(self.reward_mode, self.critic, m)

@@ -136,16 +136,24 @@ class NPEdit:
     def _batch(self, step: int, stream: str):
         return self.data.sample(self.cfg.data.batch_size, self._gen(step, f"data/{stream}"))
 
-    def _unroll(self, y_lat, text, t2: float, g: torch.Generator):
+    def _unroll_noise(self, shape, t2: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unroll's noise: eps for t = 1 and, if t2 < 1, eps' for the re-noising to t2."""
+        eps = self._randn(shape, g)
+        return eps, (self._randn(shape, g) if t2 < 1.0 else None)
+
+    def _unroll(self, y_lat, text, t2: float, noise: tuple[torch.Tensor, torch.Tensor | None]):
         """x0 = eps - G(eps, 1); if t2 < 1: x0 = x_t2 - t2 G(x_t2, t2) with x_t2 = (1-t2) x0 + t2 eps' (Eq. 3)."""
-        eps = self._randn(y_lat.shape, g)
+        eps, eps2 = noise
         b = y_lat.shape[0]
         x0 = eps - self.G(eps, torch.ones(b, device=self.device), text, y_lat)
         if t2 < 1.0:
             t = torch.full((b,), t2, device=self.device)
-            x_t = renoise(x0, t2, self._randn(y_lat.shape, g))
+            x_t = renoise(x0, t2, eps2)
             x0 = x_t - t2 * self.G(x_t, t, text, y_lat)
         return x0
+
+    def _chunks(self, n: int) -> list[list[int]]:
+        return common.micro_batches(n, self.cfg.train.grad_accum)
 
     def _phase_t(self, step: int, g: torch.Generator) -> float:
         main_i = step - self.warmup_steps
@@ -153,15 +161,19 @@ class NPEdit:
             return 1.0
         return float(self.m.unroll_ts[int(torch.randint(len(self.m.unroll_ts), (1,), generator=g))])
 
-    def _step_G(self, loss: torch.Tensor) -> float:
-        self.opt_G.zero_grad(set_to_none=True)
-        loss.backward()
+    def _apply_G(self) -> float:
+        """One optimizer step of G on the gradients its micro-batches' backward passes summed."""
         common.average_gradients(self.g_params)
         gn = torch.nn.utils.clip_grad_norm_(self.g_params, self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf"))
         self.opt_G.step()
         if self.ema is not None:
             self.ema.update(self.G)
         return float(gn)
+
+    def _step_G(self, loss: torch.Tensor) -> float:
+        self.opt_G.zero_grad(set_to_none=True)
+        loss.backward()
+        return self._apply_G()
 
     # -- Method protocol ------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
@@ -181,10 +193,16 @@ class NPEdit:
         with torch.no_grad():
             y = self.backbone.encode_image(batch.images)
             text = self.backbone.encode_text(texts)
-        t = torch.rand(y.shape[0], generator=g).clamp_min(1e-3).to(self.device)  # t in (0, 1]
-        loss = flow_loss(self.G, y, t, self._randn(y.shape, g), text, ref=y)
-        gn = self._step_G(loss)
-        return {"loss_id": loss.item(), "grad_norm": gn}
+        B = y.shape[0]
+        t = torch.rand(B, generator=g).clamp_min(1e-3).to(self.device)  # t in (0, 1]
+        noise = self._randn(y.shape, g)
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for c in self._chunks(B):
+            loss = flow_loss(self.G, y[c], t[c], noise[c], text[c], ref=y[c]) * (len(c) / B)
+            loss.backward()
+            loss_sum += loss.item()
+        return {"loss_id": loss_sum, "grad_norm": self._apply_G()}
 
     def _main_step(self, step: int) -> dict[str, float]:
         m = self.m
@@ -199,55 +217,78 @@ class NPEdit:
             y_lat = self.backbone.encode_image(y_img)
             text_c = self.backbone.encode_text(instr)
         t2 = self._phase_t(step, g)
-        with self.prof("unroll"):
-            x0 = self._unroll(y_lat, text_c, t2, g)
+        # Every random draw of the step, for the whole batch, before any micro-batch (grad_accum does
+        # not change them): the unroll's noise, then DMD's times and noise for the edited samples.
+        eps, eps2 = self._unroll_noise(y_lat.shape, t2, g)
+        active_pos = {i: p for p, i in enumerate(i for i in range(B) if not noop[i])}
+        dmd_t = dmd_noise = None
+        if active_pos and self.use_dmd:
+            n = len(active_pos)
+            dmd_t = (m.dmd_t_min + (m.dmd_t_max - m.dmd_t_min) * torch.rand(n, generator=g)).to(self.device)
+            dmd_noise = self._randn((n, *y_lat.shape[1:]), g)
 
-        active = [i for i in range(B) if not noop[i]]
-        idle = [i for i in range(B) if noop[i]]
-        total = x0.sum() * 0.0
         out: dict[str, float] = {"t2": t2}
-        if idle:
-            l2 = F.mse_loss(x0[idle].float(), y_lat[idle].float())
-            total = total + l2 * len(idle) / B
-            out["loss_noop"] = l2.item()
-        if active:
-            recs = [batch.records[i] for i in active]
-            need_image = m.lambda_vlm > 0 or m.lambda_lpips > 0
-            with self.prof("decode"):
-                img = self.backbone.decode(x0[active]) if need_image else None
-            if m.lambda_vlm > 0:
-                identity = m.identity_question and step >= m.identity_start and m.identity_weight > 0
-                qs = [questions_for(r.edit_type, r.instruction, r.object, identity=identity) for r in recs]
-                with self.prof("vlm_loss"):
-                    l_vlm, st = vlm_loss(self.critic, img, y_img[active], qs, mode=m.vlm_loss,
-                                         temperature=m.vlm_temperature, weights={"identity": m.identity_weight})
-                total = total + m.lambda_vlm * l_vlm * len(active) / B
-                out["loss_vlm"] = l_vlm.item()
-                out.update(st)
-            if self.use_dmd:
-                with self.prof("dmd"):
-                    l_dmd, st = self._dmd(x0[active], [r.caption_edit for r in recs], [r.edit_type for r in recs], g)
-                total = total + m.lambda_dmd * l_dmd * len(active) / B
-                out["loss_dmd"] = l_dmd.item()
-                out.update(st)
-            if self.lpips is not None:
-                with self.prof("lpips"):
-                    l_lp = self.lpips(img.clamp(-1, 1), y_img[active]).mean()
-                total = total + m.lambda_lpips * l_lp * len(active) / B
-                out["loss_lpips"] = l_lp.item()
-        out["loss"] = total.item()
+        sums: dict[str, float] = {}  # per-sample-weighted sums of the micro-batches' logged values
+        counts = {"idle": B - len(active_pos), "active": len(active_pos)}
+
+        def add(key: str, value: float, n: int, over: str) -> None:
+            sums[key] = sums.get(key, 0.0) + value * (n / counts[over])
+
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_total = 0.0
+        for c in self._chunks(B):
+            with self.prof("unroll"):
+                x0 = self._unroll(y_lat[c], text_c[c], t2, (eps[c], None if eps2 is None else eps2[c]))
+            active = [j for j, i in enumerate(c) if i in active_pos]
+            idle = [j for j, i in enumerate(c) if i not in active_pos]
+            total = x0.sum() * 0.0
+            if idle:
+                l2 = F.mse_loss(x0[idle].float(), y_lat[c][idle].float())
+                total = total + l2 * len(idle) / B
+                add("loss_noop", l2.item(), len(idle), "idle")
+            if active:
+                recs = [batch.records[c[j]] for j in active]
+                need_image = m.lambda_vlm > 0 or m.lambda_lpips > 0
+                with self.prof("decode"):
+                    img = self.backbone.decode(x0[active]) if need_image else None
+                y_ref = y_img[[c[j] for j in active]]
+                if m.lambda_vlm > 0:
+                    identity = m.identity_question and step >= m.identity_start and m.identity_weight > 0
+                    qs = [questions_for(r.edit_type, r.instruction, r.object, identity=identity) for r in recs]
+                    with self.prof("vlm_loss"):
+                        l_vlm, st = vlm_loss(self.critic, img, y_ref, qs, mode=m.vlm_loss,
+                                             temperature=m.vlm_temperature, weights={"identity": m.identity_weight})
+                    total = total + m.lambda_vlm * l_vlm * len(active) / B
+                    for key, value in {"loss_vlm": l_vlm.item(), **st}.items():
+                        add(key, value, len(active), "active")
+                if self.use_dmd:
+                    pos = [active_pos[c[j]] for j in active]
+                    with self.prof("dmd"):
+                        l_dmd, st = self._dmd(x0[active], [r.caption_edit for r in recs], [r.edit_type for r in recs],
+                                              dmd_t[pos], dmd_noise[pos])
+                    total = total + m.lambda_dmd * l_dmd * len(active) / B
+                    for key, value in {"loss_dmd": l_dmd.item(), **st}.items():
+                        add(key, value, len(active), "active")
+                if self.lpips is not None:
+                    with self.prof("lpips"):
+                        l_lp = self.lpips(img.clamp(-1, 1), y_ref).mean()
+                    total = total + m.lambda_lpips * l_lp * len(active) / B
+                    add("loss_lpips", l_lp.item(), len(active), "active")
+            loss_total += total.item()
+            with self.prof("backward_and_step"):
+                total.backward()
+        out.update(sums)
+        out["loss"] = loss_total
         with self.prof("backward_and_step"):
-            out["grad_norm"] = self._step_G(total)
+            out["grad_norm"] = self._apply_G()
         if self.use_dmd:
             with self.prof("aux_updates"):
                 out["loss_aux"] = self._aux_updates(step, t2)
         return out
 
-    def _dmd(self, x0: torch.Tensor, captions: list[str], types: list[str], g: torch.Generator):
+    def _dmd(self, x0: torch.Tensor, captions: list[str], types: list[str], t: torch.Tensor, noise: torch.Tensor):
         m = self.m
         b = x0.shape[0]
-        t = (m.dmd_t_min + (m.dmd_t_max - m.dmd_t_min) * torch.rand(b, generator=g)).to(self.device)
-        noise = self._randn(x0.shape, g)
         with torch.no_grad():
             text_x = self.backbone.encode_text(captions)
             if self.uncond is None:
@@ -270,16 +311,23 @@ class NPEdit:
                 y_lat = self.backbone.encode_image(batch.images.to(self.device))
                 text_c = self.backbone.encode_text([r.instruction for r in batch.records])
                 text_x = self.backbone.encode_text([r.caption_edit for r in batch.records])
-                x0 = self._unroll(y_lat, text_c, t2, g)
-            t = torch.rand(x0.shape[0], generator=g).to(self.device)
-            loss = flow_loss(self.A, x0, t, self._randn(x0.shape, g), text_x)
+            B = y_lat.shape[0]
+            noise = self._unroll_noise(y_lat.shape, t2, g)
+            t = torch.rand(B, generator=g).to(self.device)
+            eps = self._randn(y_lat.shape, g)
             self.opt_A.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum = 0.0
+            for c in self._chunks(B):
+                with torch.no_grad():
+                    x0 = self._unroll(y_lat[c], text_c[c], t2, (noise[0][c], None if noise[1] is None else noise[1][c]))
+                loss = flow_loss(self.A, x0, t[c], eps[c], text_x[c]) * (len(c) / B)
+                loss.backward()
+                loss_sum += loss.item()
             common.average_gradients(self.a_params)
             if self.cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.a_params, self.cfg.train.grad_clip)
             self.opt_A.step()
-            losses.append(loss.item())
+            losses.append(loss_sum)
         return sum(losses) / max(1, len(losses))
 
     def state_dict(self) -> dict[str, Any]:

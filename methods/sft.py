@@ -127,21 +127,25 @@ class SFT:
         tb = t.view(-1, *([1] * (x0.ndim - 1)))
         x_t = (1 - tb) * x0 + tb * noise
         multi_rank = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-        v = velocity_mixed_ref(self.G, x_t, t, text, ref, [not d for d in drop_image], both_calls=multi_rank)
-        loss = F.mse_loss(v.float(), (noise - x0).float())
+        keep_ref = [not d for d in drop_image]
 
         lr = self.lr_at(step)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = 0.0
+        for c in common.micro_batches(n, self.cfg.train.grad_accum):  # their gradients sum to the batch's
+            v = velocity_mixed_ref(self.G, x_t[c], t[c], text[c], ref[c], [keep_ref[i] for i in c], both_calls=multi_rank)
+            loss = F.mse_loss(v.float(), (noise[c] - x0[c]).float()) * (len(c) / n)
+            loss.backward()
+            loss_sum += loss.item()
         common.average_gradients(self.params)
         clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
         gn = torch.nn.utils.clip_grad_norm_(self.params, clip)
         self.opt.step()
         if self.ema is not None:
             self.ema.update(self.G)
-        return {"loss": loss.item(), "grad_norm": float(gn), "lr": lr,
+        return {"loss": loss_sum, "grad_norm": float(gn), "lr": lr,
                 "drop_text": sum(drop_text) / n, "drop_image": sum(drop_image) / n}
 
     def state_dict(self) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def test_unroll_passes_gradient_through_both_steps(paths, tmp_path):
     batch = m.data.sample(2, step_generator(0, 0, "x"))
     y = m.backbone.encode_image(batch.images)
     text = m.backbone.encode_text([r.instruction for r in batch.records])
-    x0 = m._unroll(y, text, 0.5, step_generator(0, 0, "n"))
+    x0 = m._unroll(y, text, 0.5, m._unroll_noise(y.shape, 0.5, step_generator(0, 0, "n")))
     x0.square().mean().backward()
     assert len(outs) == 2
     assert all(o.grad is not None and o.grad.abs().sum() > 0 for o in outs)

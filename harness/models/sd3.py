@@ -285,6 +285,9 @@ class SD3Denoiser(nn.Module):
             self.transformer.enable_adapters()
 
     def _autocast(self, device: torch.device):
+        # Mixed precision per denoiser rather than accelerate's Accelerator(mixed_precision=...): that wraps
+        # one model's forward in the same torch.autocast, while here G, A and the frozen teacher each have
+        # their own weight dtype (bf16 teacher, float32 masters for trained weights) inside one method.
         return torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
 
     def forward(self, x_t: torch.Tensor, t: float | torch.Tensor, text: TextEmbedding, ref: torch.Tensor | None = None) -> torch.Tensor:
