@@ -152,6 +152,10 @@ class NPEdit:
             x0 = x_t - t2 * self.G(x_t, t, text, y_lat)
         return x0
 
+    @staticmethod
+    def _multi_rank() -> bool:
+        return torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
     def _chunks(self, n: int) -> list[list[int]]:
         return common.micro_batches(n, self.cfg.train.grad_accum)
 
@@ -232,11 +236,14 @@ class NPEdit:
         counts = {"idle": B - len(active_pos), "active": len(active_pos)}
 
         def add(key: str, value: float, n: int, over: str) -> None:
+            if dummy:  # a weight-0 pass (below) is not logged
+                return
             sums[key] = sums.get(key, 0.0) + value * (n / counts[over])
 
         self.opt_G.zero_grad(set_to_none=True)
         loss_total = 0.0
         for c in self._chunks(B):
+            dummy = False
             with self.prof("unroll"):
                 x0 = self._unroll(y_lat[c], text_c[c], t2, (eps[c], None if eps2 is None else eps2[c]))
             active = [j for j, i in enumerate(c) if i in active_pos]
@@ -246,6 +253,12 @@ class NPEdit:
                 l2 = F.mse_loss(x0[idle].float(), y_lat[c][idle].float())
                 total = total + l2 * len(idle) / B
                 add("loss_noop", l2.item(), len(idle), "idle")
+            # A micro-batch of no-op samples alone still makes the passes of the others, weighted 0, on
+            # several ranks: each rank of a sharded teacher, A or critic must run the same forwards.
+            dummy = not active and self._multi_rank()
+            w = 0.0 if dummy else 1.0
+            if dummy:
+                active = [0]
             if active:
                 recs = [batch.records[c[j]] for j in active]
                 need_image = m.lambda_vlm > 0 or m.lambda_lpips > 0
@@ -258,21 +271,25 @@ class NPEdit:
                     with self.prof("vlm_loss"):
                         l_vlm, st = vlm_loss(self.critic, img, y_ref, qs, mode=m.vlm_loss,
                                              temperature=m.vlm_temperature, weights={"identity": m.identity_weight})
-                    total = total + m.lambda_vlm * l_vlm * len(active) / B
+                    total = total + w * m.lambda_vlm * l_vlm * len(active) / B
                     for key, value in {"loss_vlm": l_vlm.item(), **st}.items():
                         add(key, value, len(active), "active")
                 if self.use_dmd:
-                    pos = [active_pos[c[j]] for j in active]
+                    if dummy:
+                        t_c, noise_c = torch.full((1,), 0.5, device=self.device), torch.zeros_like(x0[:1])
+                    else:
+                        pos = [active_pos[c[j]] for j in active]
+                        t_c, noise_c = dmd_t[pos], dmd_noise[pos]
                     with self.prof("dmd"):
                         l_dmd, st = self._dmd(x0[active], [r.caption_edit for r in recs], [r.edit_type for r in recs],
-                                              dmd_t[pos], dmd_noise[pos])
-                    total = total + m.lambda_dmd * l_dmd * len(active) / B
+                                              t_c, noise_c)
+                    total = total + w * m.lambda_dmd * l_dmd * len(active) / B
                     for key, value in {"loss_dmd": l_dmd.item(), **st}.items():
                         add(key, value, len(active), "active")
                 if self.lpips is not None:
                     with self.prof("lpips"):
                         l_lp = self.lpips(img.clamp(-1, 1), y_ref).mean()
-                    total = total + m.lambda_lpips * l_lp * len(active) / B
+                    total = total + w * m.lambda_lpips * l_lp * len(active) / B
                     add("loss_lpips", l_lp.item(), len(active), "active")
             loss_total += total.item()
             with self.prof("backward_and_step"):

@@ -96,3 +96,41 @@ def test_the_planner_measures_micro_batches_saving_memory_and_suggests_them(fold
     assert micro.total_flops == pytest.approx(whole.total_flops, rel=0.02)
     cfg.train.grad_accum = 1
     assert {"train.grad_accum": 2} in P.candidate_changes(cfg, P.Settings())
+
+
+def test_a_micro_batch_of_no_ops_makes_the_others_passes_on_several_ranks(paths, tmp_path):
+    """Ranks of a sharded model must run the same forwards: a micro-batch holding only no-op samples
+    still calls the teacher and the critic (weighted 0) when there are several ranks, and that pass
+    changes nothing in the step."""
+    method = {"name": "np_edit", "warmup_steps": 0, "single_step_steps": 1, "n_aux": 1, "noop_prob": 0.5,
+              "guidance": 2.0}
+    plain = build(NPEdit, paths, tmp_path, method, 4)
+    ranked = build(NPEdit, paths, tmp_path, method, 4)
+    ranked._multi_rank = lambda: True  # as under torch.distributed with two ranks
+
+    def count_calls(m: NPEdit) -> dict[str, int]:
+        calls = {"teacher": 0, "critic": 0}
+        teacher_forward, critic_logits = m.teacher.forward, m.critic.next_token_logits
+
+        def teacher(*a, **k):
+            calls["teacher"] += 1
+            return teacher_forward(*a, **k)
+
+        def critic(*a, **k):
+            calls["critic"] += 1
+            return critic_logits(*a, **k)
+
+        m.teacher.forward, m.critic.next_token_logits = teacher, critic
+        return calls
+
+    plain_calls, ranked_calls = count_calls(plain), count_calls(ranked)
+    skipped = 0
+    for step in range(3):
+        before = dict(plain_calls)
+        a, b = plain.train_step(step), ranked.train_step(step)
+        assert ranked_calls["teacher"] == 4 * (step + 1) and ranked_calls["critic"] == 4 * (step + 1)
+        skipped += 4 - (plain_calls["teacher"] - before["teacher"])
+        assert b["loss"] == a["loss"] and assert_same_step(plain.G, ranked.G)
+        assert set(b) == set(a), (set(b) ^ set(a))
+        assert {k: v for k, v in b.items() if k != "time"} == pytest.approx({k: v for k, v in a.items() if k != "time"})
+    assert skipped > 0  # some micro-batch held only no-op samples
