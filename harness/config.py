@@ -9,6 +9,7 @@ the dotted key, and what is allowed.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -512,7 +513,8 @@ def resolve_dict(data: dict, overrides: list[str] | dict[str, Any] = (), label: 
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
     keys = set()
     for k, v in items:
-        set_dotted(data, k, v, label or "command-line override")
+        # a copy: a later dotted key (method.lr after method: {...}) must not write into the caller's dict
+        set_dotted(data, k, copy.deepcopy(v), label or "command-line override")
         keys.add(k)
     return data, Overrides(keys, label)
 

@@ -31,6 +31,17 @@ def test_overrides_apply_and_coerce(fit_yaml):
     assert cfg.data.edit_types == ["color"]
 
 
+def test_overrides_leave_the_callers_values_unchanged(fit_yaml):
+    # a tune variant's `set: {method: {...}}` with a searched `method.lr`: the second key must not write
+    # into the variant's dict, or every later trial (and --emit) would carry the previous trial's value
+    method = {"name": "fit_fast"}
+    overrides = {"method": method, "method.lr": 0.3}
+    first = C.load_run_config(fit_yaml, overrides)
+    assert first.method.lr == 0.3
+    assert method == {"name": "fit_fast"}
+    assert C.load_run_config(fit_yaml, {"method": method}).method.lr == 0.2
+
+
 def test_variant_defaults_come_from_the_registry(fit_yaml):
     base = C.load_run_config(fit_yaml)
     fast = C.load_run_config(fit_yaml, ["method.name=fit_fast"])
