@@ -185,6 +185,31 @@ def _exported_sampling(rd: RunDir, changes: dict[str, Any]) -> dict[str, Any] | 
     return {**sampling, **changes}
 
 
+def rescore_run(rd: RunDir, setting: dict[str, Any], device: str = "auto") -> list[BenchmarkResult]:
+    """Score a done run on every benchmark of its config under `setting` (the eval.* options without
+    the prefix, e.g. {'sampler': 'euler', 'steps': 28, 'guidance': 1.0}), as `--run RUN eval.*=...` does;
+    a benchmark already scored under that setting (its eval folder is in result.json) is skipped, so the
+    editor is loaded only when there is something to score."""
+    from harness.edit import load_editor
+    from harness.train import load_run
+
+    cfg = load_run(rd)
+    changes = _apply_setting(cfg, setting)
+    sampling = _exported_sampling(rd, changes)
+    have = {(r.get("meta") or {}).get("eval_dir") for r in rd.read_result().get("results", [])}
+    todo = [b for b in cfg.eval.benchmarks
+            if benchmark_dirname(b, BENCHMARKS.get(b.name).build(b), cfg.eval.seed, sampling) not in have]
+    if not todo:
+        return []
+    preflight_judges([b for b in todo if getattr(b, "judge", None) is not None])
+    editor = load_editor(rd.path, device=device)
+    if changes:
+        editor.sampling = dataclasses.replace(editor.sampling, **changes)
+    results = evaluate_editor(editor, cfg, rd, benchmarks=todo)
+    merge_results(rd, results)
+    return results
+
+
 def _describe_setting(meta: dict[str, Any]) -> str:
     """'euler, 28 steps, guidance 4.5, eval seed 0' from a result's meta."""
     s = meta.get("sampling") or {}

@@ -20,6 +20,7 @@ Sweep file:
     seeds: [0, 1, 2]               # every run above, once per training seed (sets `seed`; its own run id)
     launcher: {cluster: auto, partition: gpu, gpus_per_node: 1, cpus_per_task: 8, mem_gb: 64,
                timeout_min: 240, array_parallelism: 8}
+    rescore: [{eval.sampler: euler, eval.steps: 28, eval.guidance: 1.0}]  # every done run also scored so
     report: {...}                  # tables and plots (see reports/spec.py)
 
 Runs are named by a hash of their resolved config; running the same command again never redoes a
@@ -70,6 +71,10 @@ class SweepConfig:
     seeds: list[int] = field(default_factory=list)
     # How the runs' hyperparameters were chosen (`harness.tune --emit` writes it): the report names it.
     tuning: dict[str, Any] = field(default_factory=dict)
+    # Evaluation settings every done run is also scored under before the report, e.g.
+    # [{eval.sampler: euler, eval.steps: 28, eval.guidance: 1.0}]: a table then compares its rows under
+    # one setting (`where:`) whatever sampler each method exports. A result already there is kept.
+    rescore: list[dict[str, Any]] = field(default_factory=list)
 
     def validate(self) -> None:
         if not self.name:
@@ -87,6 +92,8 @@ class SweepConfig:
             rows = [json.dumps([group[k][j] for k in group], sort_keys=True) for j in range(min(lengths.values(), default=0))]
             _check_distinct(f"zip[{i}]", rows, "row")
         _check_distinct("runs", [json.dumps(r, sort_keys=True) for r in self.runs], "run")
+        for i, setting in enumerate(self.rescore):
+            rescore_setting(setting, f"rescore[{i}]")
         axes = [(f"grid.{k}", k) for k in self.grid] + [(f"zip[{i}].{k}", k) for i, g in enumerate(self.zip) for k in g]
         others = [(f"overrides.{k}", k) for k in self.overrides]
         others += [(f"runs[{i}].{k}", k) for i, r in enumerate(self.runs) for k in r if k != "include"]
@@ -593,6 +600,44 @@ def wait_for(planned: list[PlannedRun], *, poll_s: float = 2.0, progress: bool |
     bar.close()
 
 
+def rescore_setting(setting: Any, where: str) -> dict[str, Any]:
+    """A `rescore:` entry as harness.evaluate's setting ({'sampler': 'euler', ...}), type-checked."""
+    from harness import evaluate as E
+
+    allowed = ", ".join(f"eval.{k}" for k in E.EVAL_OPTIONS)
+    if not isinstance(setting, dict) or not setting:
+        raise ValueError(f"{where}: expected a mapping of evaluation options ({allowed}), got {setting!r}")
+    bad = [k for k in setting if not k.startswith("eval.") or k[len("eval."):] not in E.EVAL_OPTIONS]
+    if bad:
+        raise ValueError(f"{where}: {bad} are not evaluation options; allowed: {allowed}")
+    out = {k[len("eval."):]: v for k, v in setting.items()}
+    try:
+        E._apply_setting(E._Setting(), out)  # type errors now, not after training
+    except C.ConfigError as e:
+        raise ValueError(f"{where}: {str(e).replace('command line: ', '')}") from None
+    return out
+
+
+def rescore(sweep: Sweep, planned: list[PlannedRun], out=sys.stdout) -> int:
+    """Score every done run under each of the sweep's `rescore` settings; the number of runs that failed."""
+    from harness import evaluate as E
+
+    failed = 0
+    settings = [rescore_setting(s, f"rescore[{i}]") for i, s in enumerate(sweep.cfg.rescore)]
+    for pr in (pr for pr in planned if run_state(pr.dir) == "done") if settings else ():
+        for setting in settings:
+            try:
+                results = E.rescore_run(pr.dir, setting)
+            except Exception as e:  # one run that cannot be re-scored must not stop the others or the report
+                failed += 1
+                print(f"rescore {pr.run_id} {_fmt(setting)}: error: {type(e).__name__}: {e}", file=out)
+                continue
+            for r in results:
+                vals = "  ".join(f"{k}={v:.3f}" for k, v in r.metrics.items() if k in ("SC", "PQ", "O"))
+                print(f"rescore {pr.run_id} {r.benchmark}/{r.subset} [{E._describe_setting(r.meta)}]: {vals}", file=out)
+    return failed
+
+
 def build_report(sweep: Sweep, out=sys.stdout) -> list[Path]:
     if not sweep.cfg.report:
         return []
@@ -665,13 +710,14 @@ def main(argv: list[str] | None = None) -> int:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     print(status_table(planned, show_errors=False))
+    rescore_failed = rescore(sweep, planned)
     build_report(sweep)
     states = [run_state(pr.dir) for pr in planned]
     if "interrupted" in states:  # e.g. Ctrl-C while jobs were being started, when the sweep ignores it
         wait_local_exit(planned)
         print(f"interrupted: run `python -m harness.sweep {args.sweep}` again to resume", file=sys.stderr)
         return 130
-    return 0 if all(s == "done" for s in states) else 1
+    return 0 if all(s == "done" for s in states) and not rescore_failed else 1
 
 
 def _sigterm_as_interrupt() -> Any:

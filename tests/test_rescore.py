@@ -100,3 +100,42 @@ def test_rescoring_errors_name_the_key(finished, capsys):
     assert main(["--run", str(rd.path), "--benchmark", "shapes_edit", "eval.steps=-1"]) == 2
     assert "key 'eval.steps': got -1; allowed: an integer >= 0" in capsys.readouterr().err
     assert json.loads(rd.result_path.read_text()) == before
+
+
+def test_a_sweeps_rescore_scores_each_setting_once(finished, tmp_path):
+    """rescore_run (what a sweep's `rescore:` does after training): the run's own setting and a setting
+    already scored are skipped; a new one gives the numbers harness.evaluate gives, once."""
+    from harness.evaluate import rescore_run
+    from harness.runstore import RunDir
+
+    rd = RunDir(shutil.copytree(finished.path, tmp_path / finished.id))
+    before = rd.read_result()["results"]
+    assert rescore_run(rd, {"sampler": "euler", "steps": 2, "guidance": 4.5}, device="cpu") == []  # its own
+    assert rd.read_result()["results"] == before
+
+    setting = {"sampler": "few_step", "steps": 2, "guidance": 1.0}
+    [new] = rescore_run(rd, setting, device="cpu")
+    assert new.meta["sampling"] == setting
+    assert len(rd.read_result()["results"]) == len(before) + 1
+    stamp = {p: p.stat().st_mtime_ns for p in rd.eval_dir.rglob("*")}
+    assert rescore_run(rd, setting, device="cpu") == []  # scored already: nothing loaded, nothing written
+    assert {p: p.stat().st_mtime_ns for p in rd.eval_dir.rglob("*")} == stamp
+
+    other = RunDir(shutil.copytree(finished.path, tmp_path / "by-hand"))
+    assert main(["--run", str(other.path), "--benchmark", "shapes_edit", "--device", "cpu",
+                 "eval.sampler=few_step", "eval.steps=2", "eval.guidance=1"]) == 0
+    by_hand = [r for r in other.read_result()["results"] if r["meta"]["sampling"] == setting]
+    assert [r["metrics"] for r in by_hand] == [new.metrics]
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"eval.sampler": "heun"}, r"rescore\[0\]: key 'eval.sampler': 'heun' is not allowed"),
+    ({"sampler": "euler"}, "not evaluation options"),
+    ({"eval.steps": "many"}, "eval.steps"),
+    ([], "expected a mapping"),
+])
+def test_a_bad_rescore_entry_is_refused_naming_it(entry, expected):
+    from harness.sweep import rescore_setting
+
+    with pytest.raises((C.ConfigError, ValueError), match=expected):
+        rescore_setting(entry, "rescore[0]")
