@@ -4,12 +4,14 @@ recipe measured in the same invocation (a benchmark script, not a test).
     python scripts/bench_toy_run.py                                  # the default run, vs the previous recipe
     python scripts/bench_toy_run.py --sweep sweeps/toy/vlm_scale.yaml   # and a toy sweep
     python scripts/bench_toy_run.py --baseline HEAD~3 --keep /tmp/bench  # any earlier commit as the baseline
+    python scripts/bench_toy_run.py --repeat 3                       # each recipe 3 times, interleaved
 
 The baseline is a git commit (default: the last commit with the previous toy recipe), checked out
 into a temporary worktree and run with its own code and configs; the current recipe runs from this
 checkout. Both run `python -m harness.train configs/toy/np_edit.yaml` in a fresh runs folder (and
 `python -m harness.sweep SWEEP --cluster local`), one after the other, alone. This machine's speed
-drifts, so compare the ratio, not the seconds. Parts: process start-up and model building, the
+drifts, so compare the ratio, not the seconds; with --repeat N each is timed N times, the order
+alternating (previous first, then current first, ...), and the table gives the medians. Parts: process start-up and model building, the
 identity warmup, the single-step phase, the unrolled phase, export, evaluation (from the run's
 metrics.jsonl and result.json); the quality of each run is printed beside its time.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/toy/np_edit.yaml", help="run config, relative to each checkout")
     p.add_argument("--sweep", default="", help="also time this sweep (relative to each checkout), e.g. sweeps/toy/vlm_scale.yaml")
     p.add_argument("--skip-run", action="store_true", help="time only the sweep")
+    p.add_argument("--repeat", type=int, default=1, help="time each recipe this many times, interleaved (default 1)")
     p.add_argument("--keep", default="", help="keep the run folders and logs here (default: a temporary folder)")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat must be >= 1, got {args.repeat}")
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_toy_"))
     root.mkdir(parents=True, exist_ok=True)
@@ -90,37 +96,44 @@ def main(argv: list[str] | None = None) -> int:
                        stdout=subprocess.DEVNULL)
     trees = {"previous": base_tree, "current": REPO}
     py = sys.executable
-    rows: dict[str, dict[str, dict[str, float]]] = {}
+    timed: dict[str, dict[str, list[dict[str, float]]]] = {}  # what -> which -> one breakdown per repeat
     notes: dict[str, str] = {}
     try:
-        if not args.skip_run:
-            for which, tree in trees.items():
-                runs = root / f"runs-{which}"
-                wall = run_cmd([py, "-m", "harness.train", args.config, "--runs-dir", str(runs), "--group", "bench"],
-                               tree, root / f"run-{which}.log")
-                run_dir = next((runs / "bench").iterdir())
-                rows.setdefault("run", {})[which] = parts(run_dir, wall)
-                notes[f"run/{which}"] = f"{run_dir.name}: {quality(run_dir)}"
-                print(f"[{which}] default run: {wall:.1f} s ({notes[f'run/{which}']})", flush=True)
-        if args.sweep:
-            for which, tree in trees.items():
-                runs = root / f"sweep-{which}"
-                wall = run_cmd([py, "-m", "harness.sweep", args.sweep, "--cluster", "local", "--runs-dir", str(runs)],
-                               tree, root / f"sweep-{which}.log")
-                rows.setdefault("sweep", {})[which] = {"total": wall}
-                print(f"[{which}] sweep {args.sweep}: {wall:.1f} s", flush=True)
+        for r in range(args.repeat):
+            order = list(trees.items()) if r % 2 == 0 else list(trees.items())[::-1]
+            tag = f"-{r}" if args.repeat > 1 else ""
+            if not args.skip_run:
+                for which, tree in order:
+                    runs = root / f"runs-{which}{tag}"
+                    wall = run_cmd([py, "-m", "harness.train", args.config, "--runs-dir", str(runs), "--group", "bench"],
+                                   tree, root / f"run-{which}{tag}.log")
+                    run_dir = next((runs / "bench").iterdir())
+                    timed.setdefault("run", {}).setdefault(which, []).append(parts(run_dir, wall))
+                    notes[f"run/{which}"] = f"{run_dir.name}: {quality(run_dir)}"
+                    print(f"[{which}{tag}] default run: {wall:.1f} s ({notes[f'run/{which}']})", flush=True)
+            if args.sweep:
+                for which, tree in order:
+                    runs = root / f"sweep-{which}{tag}"
+                    wall = run_cmd([py, "-m", "harness.sweep", args.sweep, "--cluster", "local", "--runs-dir", str(runs)],
+                                   tree, root / f"sweep-{which}{tag}.log")
+                    timed.setdefault("sweep", {}).setdefault(which, []).append({"total": wall})
+                    print(f"[{which}{tag}] sweep {args.sweep}: {wall:.1f} s", flush=True)
     finally:
         if not args.keep:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=REPO, check=False)
 
     print(f"\n# previous = {args.baseline}, current = {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True, text=True).stdout.strip()} (+ work tree)")
-    for what, by in rows.items():
-        print(f"\n{what}: seconds (previous / current, ratio previous / current)")
-        names = list(by["previous"])
-        for n in names:
-            a, b = by["previous"].get(n, float("nan")), by["current"].get(n, float("nan"))
+    for what, by in timed.items():
+        n = len(by["previous"])
+        print(f"\n{what}: seconds (previous / current, ratio previous / current)" + (f", medians of {n}" if n > 1 else ""))
+        for part in by["previous"][0]:
+            a = statistics.median(x.get(part, float("nan")) for x in by["previous"])
+            b = statistics.median(x.get(part, float("nan")) for x in by["current"])
             ratio = a / b if b and b == b and a == a else float("nan")
-            print(f"  {n:<24}{a:>9.1f}{b:>9.1f}{ratio:>8.2f}x")
+            print(f"  {part:<24}{a:>9.1f}{b:>9.1f}{ratio:>8.2f}x")
+        if n > 1:
+            for which in ("previous", "current"):
+                print(f"  {which} totals: " + ", ".join(f"{x['total']:.1f}" for x in by[which]))
     for k, v in notes.items():
         print(f"{k}: {v}")
     print(f"logs and runs: {root}" if args.keep else "")
