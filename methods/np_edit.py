@@ -236,14 +236,11 @@ class NPEdit:
         counts = {"idle": B - len(active_pos), "active": len(active_pos)}
 
         def add(key: str, value: float, n: int, over: str) -> None:
-            if dummy:  # a weight-0 pass (below) is not logged
-                return
             sums[key] = sums.get(key, 0.0) + value * (n / counts[over])
 
         self.opt_G.zero_grad(set_to_none=True)
         loss_total = 0.0
         for c in self._chunks(B):
-            dummy = False
             with self.prof("unroll"):
                 x0 = self._unroll(y_lat[c], text_c[c], t2, (eps[c], None if eps2 is None else eps2[c]))
             active = [j for j, i in enumerate(c) if i in active_pos]
@@ -257,6 +254,7 @@ class NPEdit:
             # several ranks: each rank of a sharded teacher, A or critic must run the same forwards.
             dummy = not active and self._multi_rank()
             w = 0.0 if dummy else 1.0
+            log = (lambda *_: None) if dummy else add  # a weight-0 pass is not logged
             if dummy:
                 active = [0]
             if active:
@@ -273,7 +271,7 @@ class NPEdit:
                                              temperature=m.vlm_temperature, weights={"identity": m.identity_weight})
                     total = total + w * m.lambda_vlm * l_vlm * len(active) / B
                     for key, value in {"loss_vlm": l_vlm.item(), **st}.items():
-                        add(key, value, len(active), "active")
+                        log(key, value, len(active), "active")
                 if self.use_dmd:
                     if dummy:
                         t_c, noise_c = torch.full((1,), 0.5, device=self.device), torch.zeros_like(x0[:1])
@@ -285,12 +283,12 @@ class NPEdit:
                                               t_c, noise_c)
                     total = total + w * m.lambda_dmd * l_dmd * len(active) / B
                     for key, value in {"loss_dmd": l_dmd.item(), **st}.items():
-                        add(key, value, len(active), "active")
+                        log(key, value, len(active), "active")
                 if self.lpips is not None:
                     with self.prof("lpips"):
                         l_lp = self.lpips(img.clamp(-1, 1), y_ref).mean()
                     total = total + w * m.lambda_lpips * l_lp * len(active) / B
-                    add("loss_lpips", l_lp.item(), len(active), "active")
+                    log("loss_lpips", l_lp.item(), len(active), "active")
             loss_total += total.item()
             with self.prof("backward_and_step"):
                 total.backward()
