@@ -190,7 +190,6 @@ def rescore_run(rd: RunDir, setting: dict[str, Any], device: str = "auto") -> li
     the prefix, e.g. {'sampler': 'euler', 'steps': 28, 'guidance': 1.0}), as `--run RUN eval.*=...` does;
     a benchmark already scored under that setting (its eval folder is in result.json) is skipped, so the
     editor is loaded only when there is something to score."""
-    from harness.edit import load_editor
     from harness.train import load_run
 
     cfg = load_run(rd)
@@ -202,10 +201,19 @@ def rescore_run(rd: RunDir, setting: dict[str, Any], device: str = "auto") -> li
     if not todo:
         return []
     preflight_judges([b for b in todo if getattr(b, "judge", None) is not None])
+    return score_run(rd, cfg, changes, todo, device=device)
+
+
+def score_run(rd: RunDir, cfg: Any, changes: dict[str, Any], benchmarks: list[Any], *, device: str = "auto",
+              progress: bool = False) -> list[BenchmarkResult]:
+    """Load the run's exported editor (harness.edit.EditError if there is none), apply the sampler
+    `changes`, score `benchmarks` and merge the results into the run's result.json."""
+    from harness.edit import load_editor
+
     editor = load_editor(rd.path, device=device)
     if changes:
         editor.sampling = dataclasses.replace(editor.sampling, **changes)
-    results = evaluate_editor(editor, cfg, rd, benchmarks=todo)
+    results = evaluate_editor(editor, cfg, rd, progress=progress, benchmarks=benchmarks)
     merge_results(rd, results)
     return results
 
@@ -494,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.set and args.config is None:
         p.error("--set goes with --config (a run's config is fixed once it exists)")
 
-    from harness.edit import EditError, load_editor
+    from harness.edit import EditError
     from harness.train import load_run
 
     if args.config is not None:
@@ -530,14 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     if before_generation(args, cfg, rd, bcfg, sampling):
         return 0  # --dry-run
     try:
-        editor = load_editor(rd.path, device=args.device)
+        results = score_run(rd, cfg, changes, [bcfg], device=args.device, progress=sys.stderr.isatty())
     except EditError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if changes:
-        editor.sampling = dataclasses.replace(editor.sampling, **changes)
-    results = evaluate_editor(editor, cfg, rd, progress=sys.stderr.isatty(), benchmarks=[bcfg])
-    merge_results(rd, results)
     for r in results:
         vals = "  ".join(f"{k}={v:.3f}" for k, v in r.metrics.items())
         print(f"{r.benchmark}/{r.subset} [{_describe_setting(r.meta)}] in {rd.eval_dir / r.meta['eval_dir']}: {vals}")
