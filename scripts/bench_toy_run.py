@@ -11,9 +11,10 @@ into a temporary worktree and run with its own code and configs; the current rec
 checkout. Both run `python -m harness.train configs/toy/np_edit.yaml` in a fresh runs folder (and
 `python -m harness.sweep SWEEP --cluster local`), one after the other, alone. This machine's speed
 drifts, so compare the ratio, not the seconds; with --repeat N each is timed N times, the order
-alternating (previous first, then current first, ...), and the table gives the medians. Parts: process start-up and model building, the
-identity warmup, the single-step phase, the unrolled phase, export, evaluation (from the run's
-metrics.jsonl and result.json); the quality of each run is printed beside its time.
+alternating (previous first, then current first, ...), and the table gives the medians. Parts:
+process start-up and model building, the identity warmup, the single-step phase, the unrolled
+phase, export, evaluation (from the run's metrics.jsonl and result.json); the quality of each run
+is printed beside its time.
 """
 from __future__ import annotations
 
