@@ -624,7 +624,8 @@ def rescore(sweep: Sweep, planned: list[PlannedRun], out=sys.stdout) -> int:
 
     failed = 0
     settings = [rescore_setting(s, f"rescore[{i}]") for i, s in enumerate(sweep.cfg.rescore)]
-    for pr in (pr for pr in planned if run_state(pr.dir) == "done") if settings else ():
+    done = [pr for pr in planned if run_state(pr.dir) == "done"] if settings else []
+    for pr in done:
         for setting in settings:
             try:
                 results = E.rescore_run(pr.dir, setting)

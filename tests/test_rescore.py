@@ -131,7 +131,7 @@ def test_a_sweeps_rescore_scores_each_setting_once(finished, tmp_path):
 @pytest.mark.parametrize("entry, expected", [
     ({"eval.sampler": "heun"}, r"rescore\[0\]: key 'eval.sampler': 'heun' is not allowed"),
     ({"sampler": "euler"}, "not evaluation options"),
-    ({"eval.steps": "many"}, "eval.steps"),
+    ({"eval.steps": "many"}, r"rescore\[0\]: key 'eval.steps'"),
     ([], "expected a mapping"),
 ])
 def test_a_bad_rescore_entry_is_refused_naming_it(entry, expected):
@@ -139,3 +139,33 @@ def test_a_bad_rescore_entry_is_refused_naming_it(entry, expected):
 
     with pytest.raises((C.ConfigError, ValueError), match=expected):
         rescore_setting(entry, "rescore[0]")
+
+
+def test_a_sweeps_rescore_goes_on_past_a_run_that_cannot_be_scored(finished, tmp_path):
+    """harness.sweep.rescore scores every done run under each setting, counts a run whose editor is
+    gone as failed (naming it) without stopping the others, and leaves runs not done alone."""
+    import io
+
+    from harness.runstore import RunDir
+    from harness.sweep import PlannedRun, Sweep, SweepConfig, rescore
+
+    def copy(name):
+        return RunDir(shutil.copytree(finished.path, tmp_path / name))
+
+    good, broken, undone = copy("good"), copy("broken"), copy("undone")
+    (broken.model_dir / "editor.json").unlink()
+    undone.result_path.unlink()  # a run is done when its result.json exists
+    undone.set_status("failed")
+    before = {rd.path.name: sorted(p.relative_to(rd.path) for p in rd.path.rglob("*")) for rd in (broken, undone)}
+    sweep = Sweep(tmp_path / "sweep.yaml", SweepConfig(name="s", rescore=[
+        {"eval.sampler": "few_step", "eval.steps": 2, "eval.guidance": 1.0}]), tmp_path)
+    planned = [PlannedRun({}, None, rd.path.name, rd) for rd in (broken, good, undone)]
+    out = io.StringIO()
+    assert rescore(sweep, planned, out=out) == 1
+    log = out.getvalue()
+    assert "rescore broken" in log and "error" in log
+    assert "rescore good shapes_edit/" in log
+    assert "undone" not in log
+    assert [r["meta"]["sampling"] for r in good.read_result()["results"]][-1] == {
+        "sampler": "few_step", "steps": 2, "guidance": 1.0}
+    assert {rd.path.name: sorted(p.relative_to(rd.path) for p in rd.path.rglob("*")) for rd in (broken, undone)} == before
